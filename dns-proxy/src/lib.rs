@@ -1,0 +1,1 @@
+//! DNS name patterns (SEMANTICS 5).

@@ -1,0 +1,1 @@
+//! HTTP rule matching (SEMANTICS 4).

@@ -1,1 +1,9 @@
+//! The per-node control plane: the policy language, identities, the compiler, policy
+//! sources and the CLI behind `node-agent`.
 
+pub mod compiler;
+pub mod identity;
+pub mod labels;
+pub mod manifest;
+pub mod policy;
+pub mod source;

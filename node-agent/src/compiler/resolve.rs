@@ -1,0 +1,90 @@
+//! How the compiler answers the questions of `endpoint::build_direction`: which identities
+//! a peer selects (cached per peer) and what named ports stand for.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::endpoint::{PeerResolver, Selection, build_direction};
+use super::{Compiler, EndpointKey, EndpointPolicy};
+use crate::policy::{Direction, Peer, Rule};
+
+/// Resolves peers for one endpoint being compiled.
+struct EndpointResolver<'a> {
+    compiler: &'a mut Compiler,
+    own_ports: BTreeMap<String, u16>,
+}
+
+impl PeerResolver for EndpointResolver<'_> {
+    fn select(&mut self, peer: &Peer) -> Arc<Selection> {
+        if let Some(selection) = self.compiler.selections.get(peer) {
+            return selection.clone();
+        }
+        let selection = Arc::new(self.compiler.select_uncached(peer));
+        self.compiler
+            .selections
+            .insert(peer.clone(), selection.clone());
+        selection
+    }
+
+    fn own_named_port(&self, name: &str) -> Option<u16> {
+        self.own_ports.get(name).copied()
+    }
+
+    fn peer_named_ports(&mut self, peer: &Peer, name: &str) -> Vec<(u16, Arc<Selection>)> {
+        let selection = self.select(peer);
+        let mut by_number: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
+        for pod in self.compiler.pods.values() {
+            if let Some(number) = pod.named_ports.get(name)
+                && selection.contains(pod.identity)
+            {
+                by_number.entry(*number).or_default().push(pod.identity);
+            }
+        }
+        by_number
+            .into_iter()
+            .map(|(number, mut identities)| {
+                identities.sort_unstable();
+                identities.dedup();
+                (
+                    number,
+                    Arc::new(Selection {
+                        all: false,
+                        identities,
+                    }),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Compiler {
+    pub(super) fn compile_endpoint(&mut self, key: &EndpointKey) -> Option<EndpointPolicy> {
+        let pod = self.pods.get(key)?;
+        let labels = pod.labels.clone();
+        let identity = pod.identity;
+        let ip = pod.ip;
+        let own_ports = pod.named_ports.clone();
+        let policies: Vec<_> = self.policies.values().cloned().collect();
+        let rules: Vec<&Rule> = policies
+            .iter()
+            .flat_map(|p| &p.rules)
+            .filter(|r| r.endpoint_selector.matches(&labels))
+            .collect();
+        let mut resolver = EndpointResolver {
+            compiler: self,
+            own_ports,
+        };
+        let (ingress, mut notes) = build_direction(Direction::Ingress, &rules, &mut resolver);
+        let (egress, egress_notes) = build_direction(Direction::Egress, &rules, &mut resolver);
+        notes.extend(egress_notes);
+        Some(EndpointPolicy {
+            key: key.clone(),
+            ip,
+            identity,
+            labels,
+            ingress,
+            egress,
+            notes,
+        })
+    }
+}

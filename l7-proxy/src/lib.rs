@@ -1,1 +1,12 @@
-//! HTTP rule matching (SEMANTICS 4).
+//! Per-node transparent HTTP proxy enforcing CiliumNetworkPolicy HTTP rules.
+//!
+//! For now: the HTTP rule matcher (SEMANTICS 4), shared with the node-agent's validator
+//! and `policy explain`.
+
+pub mod http_rules;
+
+pub use http_rules::{
+    CompiledHttpRule, DenyReason, HeaderEdit, HeaderMatchSpec, HttpRuleError, HttpRuleSet,
+    HttpRuleSetError, HttpRuleSpec, HttpVerdict, MismatchAction, NormalizedTarget, RequestView,
+    RuleFailure, SecretRef, TargetError, normalize_target,
+};

@@ -1,6 +1,7 @@
 //! The per-node control plane: the policy language, identities, the compiler, policy
 //! sources and the CLI behind `node-agent`.
 
+pub mod cli;
 pub mod compiler;
 pub mod identity;
 pub mod labels;

@@ -14,7 +14,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_yaml_ng::Value;
 
 use crate::policy::api::RuleSpec;
-use crate::policy::{FieldError, Policy, PolicyKey, PolicyKind, rule};
+use crate::policy::{FieldError, Policy, PolicyKey, PolicyKind, convert_rules};
 
 /// Files larger than this are refused outright rather than parsed into memory.
 pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
@@ -303,6 +303,6 @@ fn parse_policy(kind: PolicyKind, value: Value) -> Result<Policy, Vec<FieldError
     if specs.is_empty() {
         return Err(vec![FieldError::new("spec", "spec or specs is required")]);
     }
-    let rules = rule::convert_rules(&key, &specs)?;
+    let rules = convert_rules(&key, &specs)?;
     Ok(Policy { key, rules })
 }

@@ -142,6 +142,10 @@ pub fn build_direction(
     for rule in rules {
         for peer_rule in &rule.direction(direction).rules {
             let peers: Vec<Peer> = match &peer_rule.peers {
+                // An empty item (`ingress: [{}]`) selects nobody: it only makes the
+                // direction default deny, as Cilium's "deny all" example relies on.
+                None if peer_rule.ports.is_empty() => vec![],
+                // Ports without peers: those ports from/to every peer.
                 None => vec![Peer::Any],
                 Some(peers) => peers.clone(),
             };
@@ -192,7 +196,7 @@ pub fn build_direction(
                             let l7 = port
                                 .l7
                                 .as_ref()
-                                .map(|spec| (port.path.clone(), spec.clone()));
+                                .map(|spec| (port.to_ports_path.clone(), spec.clone()));
                             merge(
                                 &mut entries,
                                 (key, peer.clone(), named.clone(), peer_rule.deny),

@@ -474,3 +474,6 @@ fn named_ports(pod: &Pod) -> BTreeMap<String, u16> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,12 +2,15 @@
 //! internal rules (`rule`) that the compiler consumes.
 
 pub mod api;
+mod convert;
+mod convert_ports;
 pub mod rule;
 pub mod selector;
 
 use std::fmt;
 use std::sync::Arc;
 
+pub use convert::{ENTITIES, convert_rules, entity_selectors};
 pub use rule::{Direction, L7Spec, Peer, PeerRule, PortSpec, Protocol, Rule};
 pub use selector::Selector;
 

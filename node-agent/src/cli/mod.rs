@@ -1,0 +1,137 @@
+//! The `node-agent` command line. Each subcommand lives in its own module; this one holds
+//! the argument definitions and what they share (loading a folder of manifests).
+
+mod explain;
+mod show;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::compiler::{Compiler, EndpointScope};
+use crate::manifest::{self, ManifestError};
+use crate::source::SourceEvent;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "node-agent",
+    version,
+    about = "Sidecar-less L7 policy enforcer: the per-node agent"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with CiliumNetworkPolicy manifests offline.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check manifests; print one line per error and exit 1 if there is any.
+    Validate {
+        /// Files or folders of manifests.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Explain the verdict for one flow from a pod to a pod or an IP.
+    Explain(explain::ExplainArgs),
+    /// Print the compiled policy of every local endpoint of a node.
+    Show {
+        /// Manifests (Namespaces, Pods, policies): a folder or a file; repeatable.
+        #[arg(long, required = true)]
+        manifests: Vec<PathBuf>,
+        /// The node whose endpoints to show (pods with this `spec.nodeName` and a pod IP).
+        #[arg(long)]
+        node: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Policy(PolicyCommand::Validate { paths }) => validate::run(&paths),
+        Command::Policy(PolicyCommand::Explain(args)) => explain::run(&args),
+        Command::Policy(PolicyCommand::Show {
+            manifests,
+            node,
+            output,
+        }) => show::run(&manifests, &node, output),
+    }
+}
+
+/// The manifest files of `path`: the file itself, or the YAML/JSON files of a folder
+/// (sub-folders too when `recursive`, like `kubectl apply -R`), sorted by name so every
+/// run reads them in the same order. Hidden files are skipped.
+pub fn manifest_files(path: &Path, recursive: bool) -> anyhow::Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("{}", path.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for file in entries {
+        let hidden = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if file.is_dir() {
+            if recursive {
+                files.extend(manifest_files(&file, true)?);
+            }
+            continue;
+        }
+        let is_manifest = file
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+        if is_manifest {
+            files.push(file);
+        }
+    }
+    Ok(files)
+}
+
+/// Loads folders or files of manifests into a compiler. Invalid objects are returned (for
+/// stderr) and left out; the valid ones still compile.
+pub fn load_compiler(
+    paths: &[PathBuf],
+    scope: EndpointScope,
+) -> anyhow::Result<(Compiler, Vec<ManifestError>)> {
+    let mut compiler = Compiler::new(scope);
+    let mut errors = Vec::new();
+    let mut files = Vec::new();
+    for path in paths {
+        files.extend(manifest_files(path, false)?);
+    }
+    for file in files {
+        let parsed = manifest::read_file(&file);
+        errors.extend(parsed.errors);
+        for object in parsed.objects {
+            compiler.apply(SourceEvent::Applied(object));
+        }
+    }
+    compiler.flush();
+    Ok((compiler, errors))
+}

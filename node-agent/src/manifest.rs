@@ -168,7 +168,7 @@ fn parse_value(file: &str, value: Value, parsed: &mut Parsed) {
     let object = format!(
         "{} {}/{}",
         if kind.is_empty() { "-" } else { &kind },
-        if cluster_scoped {
+        if cluster_scoped || kind.is_empty() {
             "-"
         } else {
             namespace.as_deref().unwrap_or("default")

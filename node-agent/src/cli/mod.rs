@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::compiler::{Compiler, EndpointScope};
 use crate::manifest::{self, ManifestError};
 use crate::source::SourceEvent;
+use crate::source::directory::is_manifest_name;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,7 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The manifest files of `path`: the file itself, or the YAML/JSON files of a folder
 /// (sub-folders too when `recursive`, like `kubectl apply -R`), sorted by name so every
-/// run reads them in the same order. Hidden files are skipped.
+/// run reads them in the same order. Names are filtered as the directory source does.
 pub fn manifest_files(path: &Path, recursive: bool) -> anyhow::Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
     if !meta.is_dir() {
@@ -89,24 +90,19 @@ pub fn manifest_files(path: &Path, recursive: bool) -> anyhow::Result<Vec<PathBu
         .collect();
     entries.sort();
     for file in entries {
-        let hidden = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        if hidden {
-            continue;
-        }
         if file.is_dir() {
-            if recursive {
+            let hidden = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if recursive && !hidden {
                 files.extend(manifest_files(&file, true)?);
             }
-            continue;
-        }
-        let is_manifest = file
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
-        if is_manifest {
+        } else if file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(is_manifest_name)
+        {
             files.push(file);
         }
     }

@@ -79,3 +79,6 @@ pub struct Policy {
 }
 
 pub type PolicyRef = Arc<Policy>;
+
+#[cfg(test)]
+mod validation_tests;

@@ -334,7 +334,8 @@ mod tests {
                 },
             ]),
         };
-        let errors = Selector::from_api(&api, "spec.endpointSelector").unwrap_err();
+        let errors =
+            Selector::from_api(&api, "spec.endpointSelector").expect_err("invalid selector");
         let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,

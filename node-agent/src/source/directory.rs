@@ -163,7 +163,7 @@ fn fingerprint(object: &Object) -> u64 {
 
 /// Whether a directory entry is a manifest: by extension, skipping hidden files and editor
 /// leftovers.
-fn is_manifest_name(name: &str) -> bool {
+pub(crate) fn is_manifest_name(name: &str) -> bool {
     if name.starts_with('.') || name.starts_with('#') || name.ends_with('~') {
         return false;
     }

@@ -39,9 +39,12 @@ pub fn split_source(qualified: &str) -> (&str, &str) {
 }
 
 /// The set of security-relevant labels of an identity. At most one value per (key, source).
+/// Indexed by key so that a selector lookup is one map probe without allocation (selectors
+/// are matched against every identity when a policy compiles).
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LabelSet {
-    labels: BTreeMap<(String, String), String>,
+    /// key -> (source, value), sorted by source.
+    labels: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl LabelSet {
@@ -50,8 +53,11 @@ impl LabelSet {
     }
 
     pub fn insert(&mut self, source: &str, key: &str, value: &str) {
-        self.labels
-            .insert((key.to_owned(), source.to_owned()), value.to_owned());
+        let entries = self.labels.entry(key.to_owned()).or_default();
+        match entries.binary_search_by(|(s, _)| s.as_str().cmp(source)) {
+            Ok(i) => entries[i].1 = value.to_owned(),
+            Err(i) => entries.insert(i, (source.to_owned(), value.to_owned())),
+        }
     }
 
     pub fn with(mut self, source: &str, key: &str, value: &str) -> Self {
@@ -60,22 +66,27 @@ impl LabelSet {
     }
 
     /// Values of `key` from `source`, or from every source when `source` is `any`.
-    pub fn values<'a>(&'a self, source: &'a str, key: &'a str) -> impl Iterator<Item = &'a str> {
+    pub fn values<'a>(&'a self, source: &'a str, key: &str) -> impl Iterator<Item = &'a str> {
         self.labels
-            .range((key.to_owned(), String::new())..)
-            .take_while(move |((k, _), _)| k == key)
-            .filter(move |((_, s), _)| source == SOURCE_ANY || s == source)
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(move |(s, _)| source == SOURCE_ANY || s == source)
             .map(|(_, v)| v.as_str())
     }
 
     pub fn has_source(&self, source: &str) -> bool {
-        self.labels.keys().any(|(_, s)| s == source)
+        self.labels
+            .values()
+            .any(|entries| entries.iter().any(|(s, _)| s == source))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &str)> {
-        self.labels
-            .iter()
-            .map(|((k, s), v)| (s.as_str(), k.as_str(), v.as_str()))
+        self.labels.iter().flat_map(|(k, entries)| {
+            entries
+                .iter()
+                .map(move |(s, v)| (s.as_str(), k.as_str(), v.as_str()))
+        })
     }
 
     pub fn is_empty(&self) -> bool {

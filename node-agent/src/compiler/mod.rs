@@ -256,11 +256,30 @@ impl Compiler {
 
     fn policy_changed(&mut self, old: Option<&Policy>, new: Option<&Policy>) {
         for policy in old.into_iter().chain(new) {
-            for rule in &policy.rules {
-                for (key, pod) in &self.pods {
-                    if pod.local && rule.endpoint_selector.matches(&pod.labels) {
-                        self.dirty.insert(key.clone());
-                    }
+            // A namespaced policy selects only pods of its namespace (SEMANTICS 1.4).
+            let pods: Box<dyn Iterator<Item = (&EndpointKey, &PodState)>> =
+                match &policy.key.namespace {
+                    Some(ns) => Box::new(
+                        self.pods
+                            .range(
+                                EndpointKey {
+                                    namespace: ns.clone(),
+                                    name: String::new(),
+                                }..,
+                            )
+                            .take_while(move |(k, _)| k.namespace == *ns),
+                    ),
+                    None => Box::new(self.pods.iter()),
+                };
+            for (key, pod) in pods {
+                if pod.local
+                    && !self.dirty.contains(key)
+                    && policy
+                        .rules
+                        .iter()
+                        .any(|r| r.endpoint_selector.matches(&pod.labels))
+                {
+                    self.dirty.insert(key.clone());
                 }
             }
         }

@@ -64,7 +64,19 @@ impl Compiler {
         let identity = pod.identity;
         let ip = pod.ip;
         let own_ports = pod.named_ports.clone();
-        let policies: Vec<_> = self.policies.values().cloned().collect();
+        // A namespaced policy only ever selects pods of its namespace (SEMANTICS 1.4), so
+        // the others are skipped without testing their selectors.
+        let policies: Vec<_> = self
+            .policies
+            .values()
+            .filter(|p| {
+                p.key
+                    .namespace
+                    .as_ref()
+                    .is_none_or(|ns| *ns == key.namespace)
+            })
+            .cloned()
+            .collect();
         let rules: Vec<&Rule> = policies
             .iter()
             .flat_map(|p| &p.rules)

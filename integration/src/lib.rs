@@ -1,1 +1,54 @@
-//! Shared helpers for the end-to-end tests live here as they are needed.
+//! Helpers for the end-to-end tests: the real binaries of the workspace, built once.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root (where `examples/` lives).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Path of a workspace binary, built with the dev profile the tests run under. Cargo only
+/// exposes `CARGO_BIN_EXE_*` to tests of the binary's own package, so the end-to-end crate
+/// builds the binaries it drives itself.
+pub fn binary(package: &str, name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let root = workspace_root();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--bins"])
+            .current_dir(&root)
+            .status()
+            .map_err(|e| format!("running cargo build: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("cargo build --bins failed: {status}"))
+        }
+    });
+    if let Err(e) = built {
+        panic!("cannot build {package}/{name}: {e}");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("debug").join(name)
+}
+
+/// Runs `node-agent` with `args` from the workspace root.
+pub fn node_agent(args: &[&str]) -> Output {
+    let bin = binary("node-agent", "node-agent");
+    match Command::new(&bin)
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) => panic!("running {}: {e}", bin.display()),
+    }
+}

@@ -80,16 +80,33 @@ fn validate_reports_each_error_and_exits_1() {
 fn starwars_l3_l4() {
     let tiefighter = explain(
         &STARWARS_L4,
-        &["--from", "default/tiefighter", "--to", "default/deathstar", "--port", "80/TCP"],
+        &[
+            "--from",
+            "default/tiefighter",
+            "--to",
+            "default/deathstar",
+            "--port",
+            "80/TCP",
+        ],
     );
     assert_eq!(tiefighter["verdict"], "allowed");
     assert_eq!(tiefighter["ingress"]["reason"], "allow-rule");
-    assert_eq!(tiefighter["ingress"]["rules"][0]["rules"][0]["name"], "rule1");
+    assert_eq!(
+        tiefighter["ingress"]["rules"][0]["rules"][0]["name"],
+        "rule1"
+    );
     assert_eq!(tiefighter["egress"]["reason"], "no-policy");
 
     let xwing = explain(
         &STARWARS_L4,
-        &["--from", "default/xwing", "--to", "default/deathstar", "--port", "80/TCP"],
+        &[
+            "--from",
+            "default/xwing",
+            "--to",
+            "default/deathstar",
+            "--port",
+            "80/TCP",
+        ],
     );
     assert_eq!(xwing["verdict"], "denied");
     assert_eq!(xwing["ingress"]["reason"], "default-deny");
@@ -101,8 +118,14 @@ fn starwars_l7() {
     let exhaust = explain(
         &STARWARS_L7,
         &[
-            "--from", "default/tiefighter", "--to", "default/deathstar", "--port", "80/TCP",
-            "--http", "PUT /v1/exhaust-port",
+            "--from",
+            "default/tiefighter",
+            "--to",
+            "default/deathstar",
+            "--port",
+            "80/TCP",
+            "--http",
+            "PUT /v1/exhaust-port",
         ],
     );
     assert_eq!(exhaust["verdict"], "allowed-via-proxy");
@@ -111,8 +134,14 @@ fn starwars_l7() {
     let landing = explain(
         &STARWARS_L7,
         &[
-            "--from", "default/tiefighter", "--to", "10.200.1.10", "--port", "80",
-            "--http", "POST /v1/request-landing",
+            "--from",
+            "default/tiefighter",
+            "--to",
+            "10.200.1.10",
+            "--port",
+            "80",
+            "--http",
+            "POST /v1/request-landing",
         ],
     );
     assert_eq!(landing["verdict"], "allowed-via-proxy");
@@ -124,9 +153,20 @@ fn starwars_l7() {
 
     // Text output, as a person reads it.
     let output = node_agent(&[
-        "policy", "explain", "--manifests", STARWARS_L7[0], "--manifests", STARWARS_L7[1],
-        "--from", "default/xwing", "--to", "default/deathstar", "--port", "80/TCP",
-        "--http", "POST /v1/request-landing",
+        "policy",
+        "explain",
+        "--manifests",
+        STARWARS_L7[0],
+        "--manifests",
+        STARWARS_L7[1],
+        "--from",
+        "default/xwing",
+        "--to",
+        "default/deathstar",
+        "--port",
+        "80/TCP",
+        "--http",
+        "POST /v1/request-landing",
     ]);
     let text = stdout(&output);
     assert!(text.contains("ingress of default/deathstar"), "{text}");
@@ -141,8 +181,14 @@ fn bookinfo_reviews() {
     let productpage = explain(
         &dir,
         &[
-            "--from", "bookinfo/productpage-v1", "--to", "bookinfo/reviews-v1",
-            "--port", "9080/TCP", "--http", "GET /reviews/0",
+            "--from",
+            "bookinfo/productpage-v1",
+            "--to",
+            "bookinfo/reviews-v1",
+            "--port",
+            "9080/TCP",
+            "--http",
+            "GET /reviews/0",
         ],
     );
     assert_eq!(productpage["verdict"], "allowed-via-proxy");
@@ -151,8 +197,14 @@ fn bookinfo_reviews() {
     let details = explain(
         &dir,
         &[
-            "--from", "bookinfo/details-v1", "--to", "bookinfo/reviews-v1",
-            "--port", "9080/TCP", "--http", "GET /reviews/0",
+            "--from",
+            "bookinfo/details-v1",
+            "--to",
+            "bookinfo/reviews-v1",
+            "--port",
+            "9080/TCP",
+            "--http",
+            "GET /reviews/0",
         ],
     );
     assert_eq!(details["verdict"], "allowed-via-proxy");
@@ -160,7 +212,14 @@ fn bookinfo_reviews() {
 
     let other_port = explain(
         &dir,
-        &["--from", "bookinfo/details-v1", "--to", "bookinfo/reviews-v1", "--port", "9081"],
+        &[
+            "--from",
+            "bookinfo/details-v1",
+            "--to",
+            "bookinfo/reviews-v1",
+            "--port",
+            "9081",
+        ],
     );
     assert_eq!(other_port["verdict"], "denied");
 }
@@ -172,8 +231,14 @@ fn to_google() {
     let dns = explain(
         &dir,
         &[
-            "--from", "basics/basicdeploy-65ff8695df-p58zr", "--to", "kube-system/coredns-0",
-            "--port", "53/UDP", "--dns", "google.com",
+            "--from",
+            "basics/basicdeploy-65ff8695df-p58zr",
+            "--to",
+            "kube-system/coredns-0",
+            "--port",
+            "53/UDP",
+            "--dns",
+            "google.com",
         ],
     );
     assert_eq!(dns["verdict"], "allowed-via-proxy");
@@ -181,7 +246,14 @@ fn to_google() {
     // No DNS answer has been seen: the address of google.com is not allowed yet.
     let web = explain(
         &dir,
-        &["--from", "basics/basicdeploy-65ff8695df-p58zr", "--to", "142.250.74.46", "--port", "80"],
+        &[
+            "--from",
+            "basics/basicdeploy-65ff8695df-p58zr",
+            "--to",
+            "142.250.74.46",
+            "--port",
+            "80",
+        ],
     );
     assert_eq!(web["verdict"], "denied");
     assert_eq!(web["ingress"]["reason"], "not-a-pod");
@@ -190,8 +262,16 @@ fn to_google() {
 #[test]
 fn show_lists_local_endpoints() {
     let output = node_agent(&[
-        "policy", "show", "--manifests", STARWARS_L7[0], "--manifests", STARWARS_L7[1],
-        "--node", "node1", "-o", "json",
+        "policy",
+        "show",
+        "--manifests",
+        STARWARS_L7[0],
+        "--manifests",
+        STARWARS_L7[1],
+        "--node",
+        "node1",
+        "-o",
+        "json",
     ]);
     assert!(output.status.success());
     let endpoints: Value = serde_json::from_slice(&output.stdout).expect("JSON");
@@ -201,7 +281,10 @@ fn show_lists_local_endpoints() {
         .iter()
         .filter_map(|e| e["endpoint"].as_str())
         .collect();
-    assert_eq!(names, ["default/deathstar", "default/tiefighter", "default/xwing"]);
+    assert_eq!(
+        names,
+        ["default/deathstar", "default/tiefighter", "default/xwing"]
+    );
     let deathstar = &endpoints[0];
     assert_eq!(deathstar["ingress"]["default_deny"], true);
     assert_eq!(deathstar["ingress"]["entries"][0]["action"], "redirect");
@@ -214,7 +297,9 @@ fn explain_skips_an_invalid_policy() {
     let dir = tempfile::tempdir().expect("temp dir");
     for file in ["pods.yaml", "sw_l3_l4_policy.yaml"] {
         std::fs::copy(
-            integration::workspace_root().join("examples/starwars").join(file),
+            integration::workspace_root()
+                .join("examples/starwars")
+                .join(file),
             dir.path().join(file),
         )
         .expect("copy");
@@ -226,11 +311,22 @@ fn explain_skips_an_invalid_policy() {
     .expect("write");
     let path = dir.path().display().to_string();
     let output = node_agent(&[
-        "policy", "explain", "--manifests", &path, "--from", "default/xwing", "--to",
-        "default/deathstar", "--port", "80/TCP",
+        "policy",
+        "explain",
+        "--manifests",
+        &path,
+        "--from",
+        "default/xwing",
+        "--to",
+        "default/deathstar",
+        "--port",
+        "80/TCP",
     ]);
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("CiliumNetworkPolicy default/broken: spec.egress[0].toEntities[0]"), "{stderr}");
+    assert!(
+        stderr.contains("CiliumNetworkPolicy default/broken: spec.egress[0].toEntities[0]"),
+        "{stderr}"
+    );
     assert!(stdout(&output).contains("Verdict: denied"));
 }

@@ -13,8 +13,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::compiler::{Compiler, EndpointScope};
 use crate::manifest::{self, ManifestError};
-use crate::source::SourceEvent;
 use crate::source::directory::is_manifest_name;
+use crate::source::{DirectorySource, SourceEvent};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -109,23 +109,33 @@ pub fn manifest_files(path: &Path, recursive: bool) -> anyhow::Result<Vec<PathBu
     Ok(files)
 }
 
-/// Loads folders or files of manifests into a compiler. Invalid objects are returned (for
-/// stderr) and left out; the valid ones still compile.
+/// Loads folders (through the directory source, as the agent will) or files of manifests
+/// into a compiler. Invalid objects are returned (for stderr) and left out; the valid ones
+/// still compile.
 pub fn load_compiler(
     paths: &[PathBuf],
     scope: EndpointScope,
 ) -> anyhow::Result<(Compiler, Vec<ManifestError>)> {
     let mut compiler = Compiler::new(scope);
     let mut errors = Vec::new();
-    let mut files = Vec::new();
     for path in paths {
-        files.extend(manifest_files(path, false)?);
-    }
-    for file in files {
-        let parsed = manifest::read_file(&file);
-        errors.extend(parsed.errors);
-        for object in parsed.objects {
-            compiler.apply(SourceEvent::Applied(object));
+        let events = if path.is_dir() {
+            DirectorySource::new(path).load()?
+        } else {
+            let parsed = manifest::read_file(path);
+            let invalid = parsed.errors.into_iter().map(SourceEvent::Invalid);
+            parsed
+                .objects
+                .into_iter()
+                .map(SourceEvent::Applied)
+                .chain(invalid)
+                .collect()
+        };
+        for event in events {
+            match event {
+                SourceEvent::Invalid(error) => errors.push(error),
+                event => compiler.apply(event),
+            }
         }
     }
     compiler.flush();

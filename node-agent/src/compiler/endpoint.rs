@@ -295,20 +295,22 @@ fn merge(
 }
 
 /// One port carries one L7 parser (Cilium cannot merge different parsers on a port).
-/// Entries whose parser differs from the first one seen on the same port are left out.
+/// The parser of the earliest rule (by policy, then rule path) wins; entries with another
+/// parser on that port are left out, which can only deny more.
 fn drop_conflicting_parsers(
     entries: &mut BTreeMap<EntryKey, PolicyEntry>,
     notes: &mut Vec<String>,
 ) {
-    let mut first: BTreeMap<PortKey, (L7Parser, String)> = BTreeMap::new();
+    let mut by_rule_order: Vec<(&RuleOrigin, &EntryKey, &PolicyEntry)> = entries
+        .iter()
+        .filter(|(_, e)| e.l7.is_some())
+        .filter_map(|(k, e)| e.origins.iter().min().map(|o| (o, k, e)))
+        .collect();
+    by_rule_order.sort_by(|a, b| a.0.cmp(b.0));
+    let mut first: BTreeMap<PortKey, (L7Parser, &RuleOrigin)> = BTreeMap::new();
     let mut dropped = Vec::new();
-    for (key, entry) in entries.iter() {
+    for (origin, key, entry) in by_rule_order {
         let Some(l7) = &entry.l7 else { continue };
-        let origin = entry
-            .origins
-            .first()
-            .map(ToString::to_string)
-            .unwrap_or_default();
         match first.get(&entry.port) {
             None => {
                 first.insert(entry.port, (l7.parser, origin));

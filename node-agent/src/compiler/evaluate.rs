@@ -144,68 +144,60 @@ pub struct L7Decision {
     pub error: Option<String>,
 }
 
+/// What one rule set says about a request.
+enum RuleSetAnswer {
+    /// Allowed by the rule at this path suffix (`http[0]`, `dns[2]`).
+    Allowed(String),
+    /// The request cannot be evaluated at all (a malformed HTTP target: 400).
+    Rejected(String),
+    NoMatch,
+}
+
 impl L7Rules<'_> {
     pub fn evaluate_http(&self, request: &l7_proxy::RequestView<'_>) -> L7Decision {
-        if self.allow_all {
-            return L7Decision {
-                allowed: true,
-                matched: Some("wildcard".into()),
-                error: None,
-            };
-        }
-        for (path, spec) in &self.rules {
-            let L7Spec::Http { compiled, .. } = spec else {
-                continue;
-            };
-            match compiled.evaluate(request) {
+        self.decide(|spec| match spec {
+            L7Spec::Http { compiled, .. } => match compiled.evaluate(request) {
                 l7_proxy::HttpVerdict::Allowed { rule_index, .. } => {
-                    return L7Decision {
-                        allowed: true,
-                        matched: Some(format!("{path}.rules.http[{rule_index}]")),
-                        error: None,
-                    };
+                    RuleSetAnswer::Allowed(format!("http[{rule_index}]"))
                 }
                 l7_proxy::HttpVerdict::Rejected { status, reason } => {
-                    return L7Decision {
-                        allowed: false,
-                        matched: None,
-                        error: Some(format!("{status}: {reason}")),
-                    };
+                    RuleSetAnswer::Rejected(format!("{status}: {reason}"))
                 }
-                l7_proxy::HttpVerdict::Denied { .. } => {}
-            }
-        }
-        L7Decision {
-            allowed: false,
-            matched: None,
-            error: None,
-        }
+                l7_proxy::HttpVerdict::Denied { .. } => RuleSetAnswer::NoMatch,
+            },
+            L7Spec::Dns { .. } => RuleSetAnswer::NoMatch,
+        })
     }
 
     pub fn evaluate_dns(&self, name: &str) -> L7Decision {
+        self.decide(|spec| match spec {
+            L7Spec::Dns { compiled, .. } => match compiled.matches(name) {
+                Some(index) => RuleSetAnswer::Allowed(format!("dns[{index}]")),
+                None => RuleSetAnswer::NoMatch,
+            },
+            L7Spec::Http { .. } => RuleSetAnswer::NoMatch,
+        })
+    }
+
+    /// SEMANTICS 3.3: allowed if any rule set allows; 3.4: the wildcard allows everything.
+    fn decide(&self, mut answer: impl FnMut(&L7Spec) -> RuleSetAnswer) -> L7Decision {
+        let decision = |allowed, matched, error| L7Decision {
+            allowed,
+            matched,
+            error,
+        };
         if self.allow_all {
-            return L7Decision {
-                allowed: true,
-                matched: Some("wildcard".into()),
-                error: None,
-            };
+            return decision(true, Some("wildcard".into()), None);
         }
         for (path, spec) in &self.rules {
-            let L7Spec::Dns { compiled, .. } = spec else {
-                continue;
-            };
-            if let Some(index) = compiled.matches(name) {
-                return L7Decision {
-                    allowed: true,
-                    matched: Some(format!("{path}.rules.dns[{index}]")),
-                    error: None,
-                };
+            match answer(spec) {
+                RuleSetAnswer::Allowed(rule) => {
+                    return decision(true, Some(format!("{path}.rules.{rule}")), None);
+                }
+                RuleSetAnswer::Rejected(error) => return decision(false, None, Some(error)),
+                RuleSetAnswer::NoMatch => {}
             }
         }
-        L7Decision {
-            allowed: false,
-            matched: None,
-            error: None,
-        }
+        decision(false, None, None)
     }
 }

@@ -1039,3 +1039,53 @@ fn node_scope() {
     let keys: Vec<String> = changes.recompiled.iter().map(|k| k.to_string()).collect();
     assert_eq!(keys, ["prod/db"]);
 }
+
+// Two policies putting different L7 parsers on one port cannot be merged (Cilium refuses
+// the same). The second is left out, which can only deny more, and the endpoint says why.
+#[test]
+fn conflicting_parsers_across_policies() {
+    let c = compiler(
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: a-http, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: db}}]
+    toPorts:
+    - ports: [{port: "53", protocol: TCP}]
+      rules: {http: [{method: GET}]}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b-dns, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "53", protocol: TCP}]
+      rules: {dns: [{matchPattern: "*"}]}
+"#,
+    );
+    run_cases(
+        &c,
+        &[
+            ("first parser kept", OUT, "prod/web", "prod/db", Tcp, 53, P),
+            (
+                "conflicting entry left out",
+                OUT,
+                "prod/web",
+                "prod/client",
+                Tcp,
+                53,
+                D,
+            ),
+        ],
+    );
+    let notes = &c.endpoint(&key("prod/web")).expect("compiled").notes;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("prod/b-dns"), "{}", notes[0]);
+    assert!(notes[0].contains("conflict"), "{}", notes[0]);
+}

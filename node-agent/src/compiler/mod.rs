@@ -103,7 +103,6 @@ pub struct Compiler {
     identities: IdentityAllocator,
     /// Prefixes named by CIDR rules, each with its identity and how many rules name it.
     cidrs: BTreeMap<IpNet, (Identity, usize)>,
-    cidr_of_identity: HashMap<Identity, IpNet>,
     selections: HashMap<Peer, Arc<Selection>>,
     compiled: BTreeMap<EndpointKey, Arc<EndpointPolicy>>,
     dirty: BTreeSet<EndpointKey>,
@@ -121,7 +120,6 @@ impl Compiler {
             policies: BTreeMap::new(),
             identities: IdentityAllocator::new(),
             cidrs: BTreeMap::new(),
-            cidr_of_identity: HashMap::new(),
             selections: HashMap::new(),
             compiled: BTreeMap::new(),
             dirty: BTreeSet::new(),
@@ -299,7 +297,6 @@ impl Compiler {
         let labels = cidr_labels(prefix);
         let (id, new) = self.identities.acquire(&labels);
         self.cidrs.insert(prefix, (id, 1));
-        self.cidr_of_identity.insert(id, prefix);
         if new {
             self.changed_identities.push((id, labels));
         }
@@ -316,7 +313,6 @@ impl Compiler {
         let id = *id;
         self.cidrs.remove(&prefix);
         if self.identities.release(id) {
-            self.cidr_of_identity.remove(&id);
             self.changed_identities.push((id, cidr_labels(prefix)));
         }
     }
@@ -389,8 +385,10 @@ impl Compiler {
             Peer::Endpoints(selector) => selector.matches(labels),
             Peer::Entity { selectors, .. } => selectors.iter().any(|s| s.matches(labels)),
             Peer::Cidr { prefix, except } => {
-                if let Some(net) = self.cidr_of_identity.get(&id) {
-                    return prefix.contains(net) && !except.iter().any(|e| e.contains(net));
+                // Read from the labels, not from live state, so that an identity being
+                // removed is still recognised for what it selected.
+                if let Some(net) = cidr_of_labels(labels) {
+                    return prefix.contains(&net) && !except.iter().any(|e| e.contains(&net));
                 }
                 // 0.0.0.0/0 and ::/0 also mean "the world" (Cilium maps them to it).
                 prefix.prefix_len() == 0
@@ -456,6 +454,13 @@ fn cidr_labels(prefix: IpNet) -> LabelSet {
     LabelSet::new()
         .with(SOURCE_CIDR, &prefix.to_string(), "")
         .with(SOURCE_RESERVED, "world", "")
+}
+
+fn cidr_of_labels(labels: &LabelSet) -> Option<IpNet> {
+    labels
+        .iter()
+        .find(|(source, _, _)| *source == SOURCE_CIDR)
+        .and_then(|(_, key, _)| key.parse().ok())
 }
 
 fn policy_prefixes(policy: &Policy) -> Vec<IpNet> {

@@ -373,23 +373,64 @@ fn parse_cidr(text: &str, allow_bare_ip: bool) -> Result<IpNet, String> {
     Err(format!("{text:?} is not a valid CIDR"))
 }
 
+impl<'a> L3Fields<'a> {
+    /// The peer fields of one rule item, named as its direction names them.
+    fn new(
+        direction: Direction,
+        endpoints: Option<&'a Vec<api::LabelSelector>>,
+        cidr: Option<&'a Vec<String>>,
+        cidr_set: Option<&'a Vec<api::CidrRule>>,
+        entities: Option<&'a Vec<String>>,
+        fqdns: Option<&'a Vec<api::FqdnSelector>>,
+    ) -> Self {
+        let names = match direction {
+            Direction::Ingress => ["fromEndpoints", "fromCIDR", "fromCIDRSet", "fromEntities"],
+            Direction::Egress => ["toEndpoints", "toCIDR", "toCIDRSet", "toEntities"],
+        };
+        Self {
+            endpoints: (names[0], endpoints),
+            cidr: (names[1], cidr),
+            cidr_set: (names[2], cidr_set),
+            entities: (names[3], entities),
+            fqdns,
+        }
+    }
+}
+
+impl Checker<'_> {
+    /// Reports each of the named fields that is present as not supported.
+    fn unsupported_fields(&mut self, path: &str, fields: &[(bool, &str)]) {
+        for (present, name) in fields {
+            if *present {
+                self.error(
+                    format!("{path}.{name}"),
+                    format!("{name} is not supported by this enforcer"),
+                );
+            }
+        }
+    }
+}
+
 fn convert_ingress(c: &mut Checker<'_>, path: &str, r: &api::IngressRule) -> Option<PeerRule> {
-    c.unsupported(&r.from_requires, path, "fromRequires");
-    c.unsupported(&r.from_groups, path, "fromGroups");
-    c.unsupported(&r.from_nodes, path, "fromNodes");
-    c.unsupported(&r.icmps, path, "icmps");
-    c.unsupported(&r.authentication, path, "authentication");
-    let peers = convert_peers(
-        c,
+    c.unsupported_fields(
         path,
-        L3Fields {
-            endpoints: ("fromEndpoints", r.from_endpoints.as_ref()),
-            cidr: ("fromCIDR", r.from_cidr.as_ref()),
-            cidr_set: ("fromCIDRSet", r.from_cidr_set.as_ref()),
-            entities: ("fromEntities", r.from_entities.as_ref()),
-            fqdns: None,
-        },
+        &[
+            (r.from_requires.is_some(), "fromRequires"),
+            (r.from_groups.is_some(), "fromGroups"),
+            (r.from_nodes.is_some(), "fromNodes"),
+            (r.icmps.is_some(), "icmps"),
+            (r.authentication.is_some(), "authentication"),
+        ],
     );
+    let fields = L3Fields::new(
+        Direction::Ingress,
+        r.from_endpoints.as_ref(),
+        r.from_cidr.as_ref(),
+        r.from_cidr_set.as_ref(),
+        r.from_entities.as_ref(),
+        None,
+    );
+    let peers = convert_peers(c, path, fields);
     let ports = convert_port_rules(c, path, r.to_ports.as_deref(), Direction::Ingress);
     Some(peer_rule(c, path, false, peers, ports))
 }
@@ -399,43 +440,49 @@ fn convert_ingress_deny(
     path: &str,
     r: &api::IngressDenyRule,
 ) -> Option<PeerRule> {
-    c.unsupported(&r.from_requires, path, "fromRequires");
-    c.unsupported(&r.from_groups, path, "fromGroups");
-    c.unsupported(&r.from_nodes, path, "fromNodes");
-    c.unsupported(&r.icmps, path, "icmps");
-    let peers = convert_peers(
-        c,
+    c.unsupported_fields(
         path,
-        L3Fields {
-            endpoints: ("fromEndpoints", r.from_endpoints.as_ref()),
-            cidr: ("fromCIDR", r.from_cidr.as_ref()),
-            cidr_set: ("fromCIDRSet", r.from_cidr_set.as_ref()),
-            entities: ("fromEntities", r.from_entities.as_ref()),
-            fqdns: None,
-        },
+        &[
+            (r.from_requires.is_some(), "fromRequires"),
+            (r.from_groups.is_some(), "fromGroups"),
+            (r.from_nodes.is_some(), "fromNodes"),
+            (r.icmps.is_some(), "icmps"),
+        ],
     );
+    let fields = L3Fields::new(
+        Direction::Ingress,
+        r.from_endpoints.as_ref(),
+        r.from_cidr.as_ref(),
+        r.from_cidr_set.as_ref(),
+        r.from_entities.as_ref(),
+        None,
+    );
+    let peers = convert_peers(c, path, fields);
     let ports = convert_deny_ports(c, path, r.to_ports.as_deref());
     Some(peer_rule(c, path, true, peers, ports))
 }
 
 fn convert_egress(c: &mut Checker<'_>, path: &str, r: &api::EgressRule) -> Option<PeerRule> {
-    c.unsupported(&r.to_requires, path, "toRequires");
-    c.unsupported(&r.to_services, path, "toServices");
-    c.unsupported(&r.to_groups, path, "toGroups");
-    c.unsupported(&r.to_nodes, path, "toNodes");
-    c.unsupported(&r.icmps, path, "icmps");
-    c.unsupported(&r.authentication, path, "authentication");
-    let peers = convert_peers(
-        c,
+    c.unsupported_fields(
         path,
-        L3Fields {
-            endpoints: ("toEndpoints", r.to_endpoints.as_ref()),
-            cidr: ("toCIDR", r.to_cidr.as_ref()),
-            cidr_set: ("toCIDRSet", r.to_cidr_set.as_ref()),
-            entities: ("toEntities", r.to_entities.as_ref()),
-            fqdns: r.to_fqdns.as_ref(),
-        },
+        &[
+            (r.to_requires.is_some(), "toRequires"),
+            (r.to_services.is_some(), "toServices"),
+            (r.to_groups.is_some(), "toGroups"),
+            (r.to_nodes.is_some(), "toNodes"),
+            (r.icmps.is_some(), "icmps"),
+            (r.authentication.is_some(), "authentication"),
+        ],
     );
+    let fields = L3Fields::new(
+        Direction::Egress,
+        r.to_endpoints.as_ref(),
+        r.to_cidr.as_ref(),
+        r.to_cidr_set.as_ref(),
+        r.to_entities.as_ref(),
+        r.to_fqdns.as_ref(),
+    );
+    let peers = convert_peers(c, path, fields);
     let ports = convert_port_rules(c, path, r.to_ports.as_deref(), Direction::Egress);
     Some(peer_rule(c, path, false, peers, ports))
 }
@@ -445,22 +492,25 @@ fn convert_egress_deny(
     path: &str,
     r: &api::EgressDenyRule,
 ) -> Option<PeerRule> {
-    c.unsupported(&r.to_requires, path, "toRequires");
-    c.unsupported(&r.to_services, path, "toServices");
-    c.unsupported(&r.to_groups, path, "toGroups");
-    c.unsupported(&r.to_nodes, path, "toNodes");
-    c.unsupported(&r.icmps, path, "icmps");
-    let peers = convert_peers(
-        c,
+    c.unsupported_fields(
         path,
-        L3Fields {
-            endpoints: ("toEndpoints", r.to_endpoints.as_ref()),
-            cidr: ("toCIDR", r.to_cidr.as_ref()),
-            cidr_set: ("toCIDRSet", r.to_cidr_set.as_ref()),
-            entities: ("toEntities", r.to_entities.as_ref()),
-            fqdns: None,
-        },
+        &[
+            (r.to_requires.is_some(), "toRequires"),
+            (r.to_services.is_some(), "toServices"),
+            (r.to_groups.is_some(), "toGroups"),
+            (r.to_nodes.is_some(), "toNodes"),
+            (r.icmps.is_some(), "icmps"),
+        ],
     );
+    let fields = L3Fields::new(
+        Direction::Egress,
+        r.to_endpoints.as_ref(),
+        r.to_cidr.as_ref(),
+        r.to_cidr_set.as_ref(),
+        r.to_entities.as_ref(),
+        None,
+    );
+    let peers = convert_peers(c, path, fields);
     let ports = convert_deny_ports(c, path, r.to_ports.as_deref());
     Some(peer_rule(c, path, true, peers, ports))
 }

@@ -441,3 +441,40 @@ spec:
     assert!(notes[0].contains("prod/b-dns"), "{}", notes[0]);
     assert!(notes[0].contains("conflict"), "{}", notes[0]);
 }
+
+// SEMANTICS 1.7, incrementally: a prefix another policy names gets its own identity, and
+// every CIDR selector containing it must select it, before and after it goes away.
+#[test]
+#[rustfmt::skip]
+fn cidr_identities_follow_other_policies() {
+    let mut c = compiler(
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: wide, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toCIDR: [172.16.0.0/12]
+"#,
+    );
+    run_cases(&c, &[("inside the wide prefix", OUT, "prod/web", "172.17.1.1", Tcp, 443, A)]);
+    let narrow = parse_str(
+        "n.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: narrow, namespace: prod}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toCIDR: [172.17.0.0/16]\n",
+    )
+    .objects
+    .remove(0);
+    let narrow_key = narrow.key();
+    c.apply(SourceEvent::Applied(narrow));
+    let touched: Vec<String> = c.flush().recompiled.iter().map(|k| k.to_string()).collect();
+    assert_eq!(touched, ["prod/client", "prod/web"], "web selects the new prefix identity");
+    run_cases(&c, &[
+        ("new, more specific prefix still allowed", OUT, "prod/web", "172.17.1.1", Tcp, 443, A),
+        ("the narrow policy", OUT, "prod/client", "172.17.1.1", Tcp, 443, A),
+        ("outside the narrow prefix", OUT, "prod/client", "172.18.1.1", Tcp, 443, D),
+    ]);
+    c.apply(SourceEvent::Deleted(narrow_key));
+    c.flush();
+    run_cases(&c, &[("prefix gone, wide rule still applies", OUT, "prod/web", "172.17.1.1", Tcp, 443, A)]);
+}

@@ -1,0 +1,175 @@
+//! The gRPC service: the generated `PolicyStream` trait implemented over [`Shared`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{CLIENT_ID_METADATA, Shared, session};
+use crate::proto;
+use crate::proto::policy_stream_server::{PolicyStream, PolicyStreamServer};
+
+/// Responses waiting to be written to one client. At most one response per type is in
+/// flight, so this only fills up if a client re-subscribes over and over without reading;
+/// then its own task waits, nobody else's.
+const OUTBOUND_QUEUE: usize = 16;
+
+/// At most this many flow records go to `AgentHooks::flows` in one call.
+const FLOW_BATCH: usize = 512;
+
+/// Decoded messages from clients may be this large (a FlowRecord batch is one record each,
+/// so the default is plenty; kept explicit).
+const MAX_DECODE: usize = 4 * 1024 * 1024;
+
+/// The tonic service behind [`super::PolicyServer`]; get one from
+/// [`super::PolicyServer::service`].
+pub struct PolicyService {
+    shared: Arc<Shared>,
+    /// Turns true when the listener this service belongs to shuts down; `None` for a
+    /// service mounted by the caller (its streams end when their clients go).
+    shutdown: Option<watch::Receiver<bool>>,
+}
+
+impl std::fmt::Debug for PolicyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyService").finish_non_exhaustive()
+    }
+}
+
+impl PolicyService {
+    pub(super) fn new(shared: Arc<Shared>, shutdown: Option<watch::Receiver<bool>>) -> Self {
+        PolicyService { shared, shutdown }
+    }
+
+    pub(super) fn into_server(self) -> PolicyStreamServer<PolicyService> {
+        PolicyStreamServer::new(self).max_decoding_message_size(MAX_DECODE)
+    }
+}
+
+/// Resolves when `shutdown` turns true (or its sender is gone); never for `None`.
+pub(super) async fn shutdown_signal(shutdown: &mut Option<watch::Receiver<bool>>) {
+    match shutdown {
+        Some(rx) => {
+            // An error means the listener's sender is gone: it is shutting down too.
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[tonic::async_trait]
+impl PolicyStream for PolicyService {
+    type StreamStream = ReceiverStream<Result<proto::StreamResponse, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<proto::StreamRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = describe_peer(&request);
+        let inbound = request.into_inner();
+        let (out, responses) = mpsc::channel(OUTBOUND_QUEUE);
+        // One task per stream: a slow or silent client only ever stalls its own task.
+        tokio::spawn(session::run(
+            self.shared.clone(),
+            inbound,
+            out,
+            self.shutdown.clone(),
+            peer,
+        ));
+        Ok(Response::new(ReceiverStream::new(responses)))
+    }
+
+    async fn report_flows(
+        &self,
+        request: Request<Streaming<proto::FlowRecord>>,
+    ) -> Result<Response<proto::FlowReportSummary>, Status> {
+        let client = request
+            .metadata()
+            .get(CLIENT_ID_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| describe_peer(&request));
+        let mut inbound = request.into_inner();
+        let mut shutdown = self.shutdown.clone();
+        let mut summary = proto::FlowReportSummary::default();
+        loop {
+            let first = tokio::select! {
+                _ = shutdown_signal(&mut shutdown) => break,
+                next = inbound.message() => next,
+            };
+            let first = match first {
+                Ok(Some(record)) => record,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(%client, %status, "flow report stream broke");
+                    break;
+                }
+            };
+            // Take whatever else has already arrived, so the hook sees batches, not single
+            // records, without waiting for more.
+            let mut batch = vec![first];
+            let mut ended = false;
+            while batch.len() < FLOW_BATCH {
+                match poll_now(&mut inbound) {
+                    Poll::Ready(Some(Ok(record))) => batch.push(record),
+                    Poll::Ready(Some(Err(_)) | None) => {
+                        ended = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            let count = batch.len() as u64;
+            summary.received += count;
+            summary.dropped += self.shared.hooks.flows(&client, batch);
+            if ended {
+                break;
+            }
+        }
+        tracing::debug!(
+            %client,
+            received = summary.received,
+            dropped = summary.dropped,
+            "flow report stream ended"
+        );
+        Ok(Response::new(summary))
+    }
+
+    async fn observe_fqdn(
+        &self,
+        request: Request<proto::FqdnObservation>,
+    ) -> Result<Response<proto::FqdnObservationResult>, Status> {
+        let result = self.shared.hooks.observe_fqdn(request.into_inner()).await?;
+        Ok(Response::new(result))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        let server = super::PolicyServer {
+            shared: self.shared.clone(),
+        };
+        Ok(Response::new(server.status()))
+    }
+}
+
+/// Polls a stream once without waiting: what has already arrived, or `Pending`.
+fn poll_now<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
+    // A no-op waker is fine here: a `Pending` answer is followed by a real `.await`, which
+    // registers the real waker before anyone needs to be woken.
+    let mut cx = Context::from_waker(Waker::noop());
+    Pin::new(stream).poll_next(&mut cx)
+}
+
+/// The peer for logs: a TCP address, or "unix" (unix peers have no useful address).
+fn describe_peer<T>(request: &Request<T>) -> String {
+    match request.remote_addr() {
+        Some(addr) => addr.to_string(),
+        None => "unix".to_string(),
+    }
+}

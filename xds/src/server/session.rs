@@ -79,7 +79,6 @@ pub(super) async fn run(
         "policy client connected"
     );
     session.handle(first);
-    session.publish_status();
     let mut watching = true;
     let end = loop {
         if session.pump().await.is_err() {

@@ -13,6 +13,10 @@ use crate::XdsError;
 /// How long establishing a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// HTTP/2 pings, and how long an answer may take.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Responses can hold the whole policy of a node: allow much more than tonic's 4 MiB.
 pub(crate) const MAX_RESPONSE: usize = 256 * 1024 * 1024;
 
@@ -31,7 +35,14 @@ impl Endpoint {
                 source,
             }
         })?;
-        Ok(endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true))
+        Ok(endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            // An agent that vanished without closing (only possible over TCP) is noticed,
+            // so the client reconnects instead of waiting forever.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true))
     }
 
     /// Connects now; fails if the agent is not there.
@@ -112,5 +123,35 @@ impl Backoff {
         let random = std::collections::hash_map::RandomState::new().hash_one(failures);
         let fraction = (random % 1024) as f64 / 1024.0;
         step.mul_f64(0.5 + 0.5 * fraction)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_maximum() {
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        for (failures, step_ms) in [
+            (0, 100),
+            (1, 200),
+            (2, 400),
+            (3, 800),
+            (4, 1000),
+            (40, 1000),
+        ] {
+            let step = Duration::from_millis(step_ms);
+            for _ in 0..50 {
+                let delay = backoff.delay(failures);
+                assert!(delay >= step / 2 && delay <= step, "{failures}: {delay:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_maximum_below_the_minimum_is_raised() {
+        let backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(1));
+        assert_eq!(backoff.max, Duration::from_secs(2));
     }
 }

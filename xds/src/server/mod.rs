@@ -1,7 +1,7 @@
 //! The policy-stream server the agent runs.
 //!
 //! The agent publishes [`Snapshot`]s through a `tokio::sync::watch`; every connected client
-//! has its own task ([`session`]) that compares the current snapshot with what that client
+//! has its own task (`session.rs`) that compares the current snapshot with what that client
 //! has acknowledged and sends the difference, one response per type at a time
 //! (SEMANTICS 9). What each client holds is visible through [`PolicyServer::status`].
 
@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
@@ -70,6 +71,10 @@ pub trait AgentHooks: Send + Sync + 'static {
         obs: proto::FqdnObservation,
     ) -> Result<proto::FqdnObservationResult, tonic::Status>;
 }
+
+/// HTTP/2 pings on idle connections, and how long an answer may take.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The gRPC metadata key that carries the client id on `ReportFlows`.
 pub const CLIENT_ID_METADATA: &str = "x-sidecarless-client-id";
@@ -252,6 +257,10 @@ impl PolicyServer {
         };
         tracing::info!(%listener, "policy server listening");
         tonic::transport::Server::builder()
+            // A client that vanished without closing (only possible over TCP) is noticed
+            // and leaves the status instead of staying "connected" forever.
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, signal)
             .await

@@ -25,7 +25,8 @@ use crate::proto;
 
 type Outbound = mpsc::Sender<Result<proto::StreamResponse, Status>>;
 
-/// The client went away (its response channel is closed).
+/// The stream is over: the client went away (its response channel is closed), or the
+/// listener is shutting down while a response was waiting for room.
 struct Gone;
 
 /// Runs one stream until the client leaves, breaks the stream, or the listener shuts down.
@@ -81,8 +82,8 @@ pub(super) async fn run(
     session.handle(first);
     let mut watching = true;
     let end = loop {
-        if session.pump().await.is_err() {
-            break "client gone";
+        if session.pump(&mut shutdown).await.is_err() {
+            break "client gone or server shutting down";
         }
         session.publish_status();
         tokio::select! {
@@ -250,7 +251,9 @@ impl Session {
     }
 
     /// Sends, for every subscribed type, the next response if one is due and allowed.
-    async fn pump(&mut self) -> Result<(), Gone> {
+    /// The send waits for room only while the listener is not shutting down: a client that
+    /// stopped reading must not hold up the server's shutdown.
+    async fn pump(&mut self, shutdown: &mut Option<watch::Receiver<bool>>) -> Result<(), Gone> {
         let snapshot: Arc<Snapshot> = self.shared.snapshots.borrow().clone();
         if !snapshot.ready {
             // SEMANTICS 9.2: the agent has not finished loading; wait.
@@ -301,7 +304,10 @@ impl Session {
             });
             subscription.responses_sent += 1;
             subscription.resources_sent += count as u64;
-            self.out.send(Ok(response)).await.map_err(|_| Gone)?;
+            tokio::select! {
+                sent = self.out.send(Ok(response)) => sent.map_err(|_| Gone)?,
+                _ = shutdown_signal(shutdown) => return Err(Gone),
+            }
         }
         Ok(())
     }

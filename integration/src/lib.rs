@@ -52,3 +52,56 @@ pub fn node_agent(args: &[&str]) -> Output {
         Err(e) => panic!("running {}: {e}", bin.display()),
     }
 }
+
+/// A `node-agent run` process on a folder of manifests and a socket in a temporary folder.
+/// Killed when dropped, so a failing test leaves nothing running.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: std::process::Child,
+    pub socket: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts the agent for node `node1` on `manifests`, serving on `socket`.
+    pub fn start(manifests: &Path, socket: &Path) -> Self {
+        Self::start_on("node1", manifests, socket)
+    }
+
+    /// Starts the agent for `node` on `manifests`, serving on `socket`.
+    pub fn start_on(node: &str, manifests: &Path, socket: &Path) -> Self {
+        let bin = binary("node-agent", "node-agent");
+        let child = Command::new(&bin)
+            .args(["run", "--node-name", node, "--source"])
+            .arg(format!("dir:{}", manifests.display()))
+            .arg("--xds-socket")
+            .arg(socket)
+            .env("NODE_AGENT_LOG", "info")
+            .spawn();
+        match child {
+            Ok(child) => Self {
+                child,
+                socket: socket.to_owned(),
+            },
+            Err(e) => panic!("starting {}: {e}", bin.display()),
+        }
+    }
+
+    /// Stops the agent with SIGTERM, as an orchestrator would, and waits for it.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        match self.child.wait() {
+            Ok(status) => status,
+            Err(e) => panic!("waiting for the agent: {e}"),
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

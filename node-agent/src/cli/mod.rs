@@ -2,7 +2,9 @@
 //! the argument definitions and what they share (loading a folder of manifests).
 
 mod explain;
+mod run;
 mod show;
+mod status;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +34,16 @@ pub enum Command {
     /// Work with CiliumNetworkPolicy manifests offline.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run the agent: read policy from a source and serve it to the proxies.
+    Run(run::RunArgs),
+    /// Show the proxies connected to a running agent and what they acknowledged.
+    Status {
+        /// The agent's policy-stream socket.
+        #[arg(long, default_value = crate::agent::DEFAULT_SOCKET)]
+        xds_socket: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -72,6 +84,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node,
             output,
         }) => show::run(&manifests, &node, output),
+        Command::Run(args) => run::run(&args),
+        Command::Status { xds_socket, output } => status::run(&xds_socket, output),
     }
 }
 

@@ -91,6 +91,8 @@ impl EndpointPolicy {
 pub struct Changes {
     pub recompiled: BTreeSet<EndpointKey>,
     pub removed: BTreeSet<EndpointKey>,
+    /// The identity map changed: an identity or a prefix -> identity mapping.
+    pub ipcache_changed: bool,
 }
 
 #[derive(Debug)]
@@ -108,6 +110,7 @@ pub struct Compiler {
     dirty: BTreeSet<EndpointKey>,
     changed_identities: Vec<(Identity, LabelSet)>,
     named_ports_changed: bool,
+    ipcache_changed: bool,
 }
 
 impl Compiler {
@@ -125,6 +128,7 @@ impl Compiler {
             dirty: BTreeSet::new(),
             changed_identities: Vec::new(),
             named_ports_changed: false,
+            ipcache_changed: false,
         }
     }
 
@@ -166,7 +170,11 @@ impl Compiler {
 
     /// Recompiles every endpoint the recorded events touched.
     pub fn flush(&mut self) -> Changes {
-        let mut changes = Changes::default();
+        let mut changes = Changes {
+            ipcache_changed: std::mem::take(&mut self.ipcache_changed)
+                || !self.changed_identities.is_empty(),
+            ..Changes::default()
+        };
         if !self.changed_identities.is_empty() || self.named_ports_changed {
             let changed = std::mem::take(&mut self.changed_identities);
             self.update_selections(&changed);
@@ -238,6 +246,18 @@ impl Compiler {
             .unwrap_or(reserved::WORLD)
     }
 
+    /// Every prefix the datapath maps to an identity: pod IPs and the CIDR prefixes that
+    /// policies name. Addresses in none of them are world.
+    pub fn ipcache(&self) -> impl Iterator<Item = (IpNet, Identity)> + '_ {
+        let pods = self.pods_by_ip.iter().filter_map(|(ip, key)| {
+            self.pods
+                .get(key)
+                .map(|pod| (IpNet::from(*ip), pod.identity))
+        });
+        let cidrs = self.cidrs.iter().map(|(net, (id, _))| (*net, *id));
+        pods.chain(cidrs)
+    }
+
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&EndpointKey> {
         self.pods_by_ip.get(&ip)
     }
@@ -297,6 +317,7 @@ impl Compiler {
         let labels = cidr_labels(prefix);
         let (id, new) = self.identities.acquire(&labels);
         self.cidrs.insert(prefix, (id, 1));
+        self.ipcache_changed = true;
         if new {
             self.changed_identities.push((id, labels));
         }
@@ -312,6 +333,7 @@ impl Compiler {
         }
         let id = *id;
         self.cidrs.remove(&prefix);
+        self.ipcache_changed = true;
         if self.identities.release(id) {
             self.changed_identities.push((id, cidr_labels(prefix)));
         }
@@ -345,6 +367,7 @@ impl Compiler {
             }
         }
         let Some(pod) = pod else {
+            self.ipcache_changed |= old.as_ref().is_some_and(|o| o.ip.is_some());
             self.named_ports_changed |= old.is_some_and(|o| !o.named_ports.is_empty());
             return;
         };
@@ -356,6 +379,9 @@ impl Compiler {
         let ip = pod_ip(&pod);
         if let Some(ip) = ip {
             self.pods_by_ip.insert(ip, key.clone());
+        }
+        if old.as_ref().map(|o| (o.ip, o.identity)) != Some((ip, identity)) {
+            self.ipcache_changed = true;
         }
         let named_ports = named_ports(&pod);
         if old.as_ref().map(|o| &o.named_ports) != Some(&named_ports) {

@@ -1,0 +1,176 @@
+//! The running agent (`node-agent run`): a policy source feeds the compiler, whose output
+//! is published as a snapshot that the policy stream serves to the proxies.
+//!
+//! The source is read completely before anything is served (SEMANTICS 9.2); after that,
+//! each batch of source events is applied, recompiled incrementally and published as one
+//! new snapshot.
+
+mod hooks;
+pub mod snapshot;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use xds::server::{PolicyServer, Snapshot};
+
+pub use hooks::Hooks;
+use snapshot::SnapshotBuilder;
+
+use crate::compiler::{Compiler, EndpointScope};
+use crate::source::{DirectorySource, SourceError, SourceEvent};
+
+/// Where the agent serves the policy stream unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/var/run/sidecarless/agent.sock";
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub source_dir: PathBuf,
+    pub node_name: String,
+    pub socket: PathBuf,
+    pub tcp: Option<SocketAddr>,
+    /// How many flow records the agent keeps.
+    pub flow_buffer: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("policy source: {0}")]
+    Source(#[from] SourceError),
+    #[error("policy stream: {0}")]
+    Stream(#[from] xds::XdsError),
+    #[error("the source event loop stopped unexpectedly")]
+    EventLoop,
+}
+
+/// The part of the agent that owns the compiler: applies source events and publishes
+/// snapshots.
+#[derive(Debug)]
+pub struct PolicyPipeline {
+    compiler: Compiler,
+    builder: SnapshotBuilder,
+    publish: watch::Sender<Arc<Snapshot>>,
+}
+
+impl PolicyPipeline {
+    pub fn new(node_name: &str) -> (Self, watch::Receiver<Arc<Snapshot>>) {
+        let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let pipeline = Self {
+            compiler: Compiler::new(EndpointScope::Node(node_name.to_owned())),
+            builder: SnapshotBuilder::new(),
+            publish,
+        };
+        (pipeline, snapshots)
+    }
+
+    /// Applies one batch of events and publishes the result if anything changed.
+    pub fn apply(&mut self, events: Vec<SourceEvent>) {
+        let started = Instant::now();
+        let mut synced = false;
+        let count = events.len();
+        for event in events {
+            match event {
+                SourceEvent::Invalid(error) => {
+                    tracing::warn!(%error, "invalid object skipped; its previous version stays in force")
+                }
+                SourceEvent::Synced => synced = true,
+                event => self.compiler.apply(event),
+            }
+        }
+        let changes = self.compiler.flush();
+        let changed = self.builder.update(&self.compiler, &changes);
+        if synced {
+            self.builder.set_ready();
+        }
+        if changed || synced {
+            let snapshot = self.builder.snapshot();
+            tracing::info!(
+                events = count,
+                recompiled = changes.recompiled.len(),
+                removed = changes.removed.len(),
+                versions = ?snapshot.types.iter().map(|(t, s)| (short_type(t), s.version)).collect::<Vec<_>>(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "policy published"
+            );
+            self.publish.send_replace(snapshot);
+        }
+    }
+
+    pub fn compiler(&self) -> &Compiler {
+        &self.compiler
+    }
+}
+
+fn short_type(type_url: &str) -> &str {
+    type_url.rsplit('.').next().unwrap_or(type_url)
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let (mut pipeline, snapshots) = PolicyPipeline::new(&config.node_name);
+    let hooks = Arc::new(Hooks::new(config.flow_buffer));
+    let server = PolicyServer::new(snapshots, hooks);
+
+    // Serve first (nothing is sent until the snapshot is ready), so that proxies can
+    // connect while a large directory loads.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    {
+        let server = server.clone();
+        let socket = config.socket.clone();
+        let stop = stopped(stop_rx.clone());
+        servers.spawn(async move { server.serve_unix(&socket, stop).await });
+    }
+    if let Some(addr) = config.tcp {
+        let server = server.clone();
+        let stop = stopped(stop_rx.clone());
+        servers.spawn(async move { server.serve_tcp(addr, stop).await });
+    }
+    tracing::info!(socket = %config.socket.display(), tcp = ?config.tcp, "serving the policy stream");
+
+    let mut source = DirectorySource::new(&config.source_dir);
+    let dir = config.source_dir.clone();
+    // Loading and compiling are CPU work: keep them off the async workers.
+    let (mut pipeline, source) = tokio::task::spawn_blocking(move || {
+        let events = source.load()?;
+        tracing::info!(dir = %dir.display(), objects = events.len(), "source loaded");
+        pipeline.apply(events);
+        Ok::<_, AgentError>((pipeline, source))
+    })
+    .await
+    .map_err(|_| AgentError::EventLoop)??;
+
+    let (events_tx, events_rx) = mpsc::channel();
+    let watch_guard = source.watch(events_tx)?;
+    let event_loop = tokio::task::spawn_blocking(move || {
+        // Each wake-up drains everything queued, so a burst of edits is one recompile.
+        while let Ok(first) = events_rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(events_rx.try_iter());
+            pipeline.apply(batch);
+        }
+    });
+
+    tokio::select! {
+        () = shutdown => tracing::info!("shutting down"),
+        Some(result) = servers.join_next() => {
+            if let Ok(Err(e)) = result {
+                return Err(e.into());
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    drop(watch_guard);
+    while servers.join_next().await.is_some() {}
+    let _ = event_loop.await;
+    Ok(())
+}

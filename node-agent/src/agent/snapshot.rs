@@ -1,0 +1,265 @@
+//! Turns compiled policy into what the policy stream serves: one `NetworkPolicy` resource
+//! per local endpoint and one `Identity` resource per identity, each carrying the type
+//! version at which it last changed, so the server can send clients only what differs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ipnet::IpNet;
+use xds::proto;
+use xds::server::{Snapshot, TypeSnapshot};
+use xds::{IDENTITY_TYPE, NETWORK_POLICY_TYPE};
+
+use crate::compiler::{Changes, Compiler, DirectionPolicy, EndpointPolicy, L7Policy, PolicyEntry};
+use crate::identity::Identity;
+use crate::policy::rule::L7Parser;
+use crate::policy::{L7Spec, Protocol};
+
+/// Keeps the served resources and bumps a type's version only when one of its resources
+/// really changed.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    ready: bool,
+    policies: TypeSnapshot,
+    identities: TypeSnapshot,
+}
+
+impl Default for SnapshotBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SnapshotBuilder {
+    pub fn new() -> Self {
+        // Versions must never go back, also across agent restarts: a reconnecting proxy
+        // reports the version it holds and the server orders types by it. Starting from
+        // the clock (in microseconds) keeps a restarted agent ahead of what it served.
+        let base = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+            .unwrap_or(1);
+        let start = || TypeSnapshot {
+            version: base,
+            ..TypeSnapshot::default()
+        };
+        Self {
+            ready: false,
+            policies: start(),
+            identities: start(),
+        }
+    }
+
+    /// Marks the sources as fully loaded: from now on the snapshot may be served
+    /// (SEMANTICS 9.2).
+    pub fn set_ready(&mut self) {
+        self.ready = true;
+    }
+
+    /// Brings the resources up to date with `changes`; returns whether anything changed.
+    pub fn update(&mut self, compiler: &Compiler, changes: &Changes) -> bool {
+        let mut changed = false;
+        if changes.ipcache_changed {
+            let fresh = identity_resources(compiler);
+            changed |= replace_all(&mut self.identities, fresh);
+        }
+        let next = self.policies.version + 1;
+        let mut policies_changed = false;
+        for key in &changes.recompiled {
+            let Some(endpoint) = compiler.endpoint(key) else {
+                continue;
+            };
+            let body = proto::resource::Body::NetworkPolicy(network_policy(endpoint));
+            policies_changed |= upsert(&mut self.policies, key.to_string(), body, next);
+        }
+        for key in &changes.removed {
+            policies_changed |= self.policies.resources.remove(&key.to_string()).is_some();
+        }
+        if policies_changed {
+            self.policies.version = next;
+        }
+        // Policies refer to identities: a client must hold this identity version first.
+        self.policies.requires = Some((IDENTITY_TYPE.to_owned(), self.identities.version));
+        changed | policies_changed
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        let mut types = BTreeMap::new();
+        types.insert(NETWORK_POLICY_TYPE.to_owned(), self.policies.clone());
+        types.insert(IDENTITY_TYPE.to_owned(), self.identities.clone());
+        Arc::new(Snapshot {
+            ready: self.ready,
+            types,
+        })
+    }
+}
+
+/// Inserts or replaces one resource; false when it is unchanged.
+fn upsert(
+    state: &mut TypeSnapshot,
+    name: String,
+    body: proto::resource::Body,
+    version: u64,
+) -> bool {
+    if state
+        .resources
+        .get(&name)
+        .is_some_and(|r| r.body.as_ref() == Some(&body))
+    {
+        return false;
+    }
+    state.resources.insert(
+        name.clone(),
+        Arc::new(proto::Resource {
+            name,
+            version: version.to_string(),
+            body: Some(body),
+        }),
+    );
+    true
+}
+
+/// Replaces the whole set of a type, keeping the versions of unchanged resources.
+fn replace_all(state: &mut TypeSnapshot, fresh: BTreeMap<String, proto::resource::Body>) -> bool {
+    let next = state.version + 1;
+    let before = state.resources.len();
+    state.resources.retain(|name, _| fresh.contains_key(name));
+    let mut changed = state.resources.len() != before;
+    for (name, body) in fresh {
+        changed |= upsert(state, name, body, next);
+    }
+    if changed {
+        state.version = next;
+    }
+    changed
+}
+
+fn identity_resources(compiler: &Compiler) -> BTreeMap<String, proto::resource::Body> {
+    let mut prefixes: BTreeMap<Identity, Vec<IpNet>> = BTreeMap::new();
+    for (net, id) in compiler.ipcache() {
+        prefixes.entry(id).or_default().push(net);
+    }
+    compiler
+        .identities()
+        .iter()
+        .map(|(id, labels)| {
+            let body = proto::resource::Body::Identity(proto::Identity {
+                id,
+                labels: labels.to_strings(),
+                prefixes: prefixes
+                    .get(&id)
+                    .into_iter()
+                    .flatten()
+                    .map(ToString::to_string)
+                    .collect(),
+            });
+            (id.to_string(), body)
+        })
+        .collect()
+}
+
+pub fn network_policy(endpoint: &EndpointPolicy) -> proto::NetworkPolicy {
+    proto::NetworkPolicy {
+        namespace: endpoint.key.namespace.clone(),
+        pod: endpoint.key.name.clone(),
+        ips: endpoint.ip.iter().map(ToString::to_string).collect(),
+        identity: endpoint.identity,
+        ingress: Some(direction(&endpoint.ingress)),
+        egress: Some(direction(&endpoint.egress)),
+    }
+}
+
+fn direction(policy: &DirectionPolicy) -> proto::DirectionPolicy {
+    proto::DirectionPolicy {
+        enforced: policy.enforced,
+        default_deny: policy.default_deny,
+        entries: policy.entries.iter().map(entry).collect(),
+    }
+}
+
+fn entry(entry: &PolicyEntry) -> proto::PortPolicy {
+    let protocol = match entry.port.protocol {
+        None => proto::Protocol::Any,
+        Some(Protocol::Tcp) => proto::Protocol::Tcp,
+        Some(Protocol::Udp) => proto::Protocol::Udp,
+        Some(Protocol::Sctp) => proto::Protocol::Sctp,
+    };
+    let action = match (entry.deny, &entry.l7) {
+        (true, _) => proto::Action::Deny,
+        (false, None) => proto::Action::Allow,
+        (false, Some(_)) => proto::Action::Redirect,
+    };
+    let mut out = proto::PortPolicy {
+        protocol: protocol as i32,
+        port: u32::from(entry.port.port),
+        end_port: u32::from(entry.port.end_port),
+        all_identities: entry.selection.all,
+        remote_identities: entry.selection.identities.clone(),
+        action: action as i32,
+        peer: entry.peer.to_string(),
+        origins: entry.origins.iter().map(ToString::to_string).collect(),
+        ..Default::default()
+    };
+    if let Some(l7) = &entry.l7 {
+        fill_l7(&mut out, l7);
+    }
+    out
+}
+
+fn fill_l7(out: &mut proto::PortPolicy, l7: &L7Policy) {
+    out.parser = match l7.parser {
+        L7Parser::Http => proto::L7Parser::Http,
+        L7Parser::Dns => proto::L7Parser::Dns,
+    } as i32;
+    out.l7_allow_all = l7.allow_all;
+    for (origin, spec) in &l7.rules {
+        match spec {
+            L7Spec::Http { specs, .. } => out.http_rule_sets.push(proto::HttpRuleSet {
+                origin: origin.clone(),
+                rules: specs.iter().map(http_rule).collect(),
+            }),
+            L7Spec::Dns { specs, .. } => out.dns_rule_sets.push(proto::DnsRuleSet {
+                origin: origin.clone(),
+                selectors: specs
+                    .iter()
+                    .map(|s| proto::DnsSelector {
+                        selector: Some(match s {
+                            dns_proxy::DnsSelectorSpec::MatchName(n) => {
+                                proto::dns_selector::Selector::MatchName(n.clone())
+                            }
+                            dns_proxy::DnsSelectorSpec::MatchPattern(p) => {
+                                proto::dns_selector::Selector::MatchPattern(p.clone())
+                            }
+                        }),
+                    })
+                    .collect(),
+            }),
+        }
+    }
+}
+
+fn http_rule(spec: &l7_proxy::HttpRuleSpec) -> proto::HttpRule {
+    proto::HttpRule {
+        method: spec.method.clone(),
+        path: spec.path.clone(),
+        host: spec.host.clone(),
+        headers: spec.headers.clone(),
+        header_matches: spec
+            .header_matches
+            .iter()
+            .map(|m| proto::HeaderMatch {
+                name: m.name.clone(),
+                value: m.value.clone(),
+                mismatch: m
+                    .mismatch
+                    .map(|a| a.as_str().to_owned())
+                    .unwrap_or_default(),
+                secret: m.secret.as_ref().map(|s| proto::SecretRef {
+                    namespace: s.namespace.clone().unwrap_or_default(),
+                    name: s.name.clone(),
+                }),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,72 @@
+//! `node-agent run`: the agent with a policy source and the policy stream.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::agent::{self, AgentConfig};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where policy comes from: `dir:DIR` (a folder of manifests, watched for changes).
+    #[arg(long)]
+    pub source: String,
+    /// This node's name: pods with this `spec.nodeName` (and a pod IP) are its endpoints.
+    #[arg(long)]
+    pub node_name: String,
+    /// Unix socket the policy stream is served on.
+    #[arg(long, default_value = agent::DEFAULT_SOCKET)]
+    pub xds_socket: PathBuf,
+    /// Also serve the policy stream on this TCP address (e.g. 127.0.0.1:15010).
+    #[arg(long)]
+    pub xds_tcp: Option<SocketAddr>,
+    /// How many flow records from the proxies the agent keeps.
+    #[arg(long, default_value_t = 10_000)]
+    pub flow_buffer: usize,
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let Some(dir) = args.source.strip_prefix("dir:") else {
+        bail!(
+            "--source {:?}: expected dir:DIR (the kube source is not available yet)",
+            args.source
+        );
+    };
+    if args.flow_buffer == 0 {
+        bail!("--flow-buffer must be at least 1");
+    }
+    let config = AgentConfig {
+        source_dir: PathBuf::from(dir),
+        node_name: args.node_name.clone(),
+        socket: args.xds_socket.clone(),
+        tcp: args.xds_tcp,
+        flow_buffer: args.flow_buffer,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("agent-control")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        agent::run(config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

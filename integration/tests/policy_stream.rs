@@ -30,7 +30,7 @@ impl TypeHandler for PolicyHandler {
 
     fn build(
         &self,
-        resources: &BTreeMap<String, proto::Resource>,
+        resources: &BTreeMap<String, Arc<proto::Resource>>,
     ) -> Result<Policies, Vec<(String, String)>> {
         let mut out = BTreeMap::new();
         let mut errors = Vec::new();
@@ -75,7 +75,7 @@ impl TypeHandler for IdentityHandler {
 
     fn build(
         &self,
-        resources: &BTreeMap<String, proto::Resource>,
+        resources: &BTreeMap<String, Arc<proto::Resource>>,
     ) -> Result<Self::State, Vec<(String, String)>> {
         resources
             .values()

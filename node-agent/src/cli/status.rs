@@ -17,7 +17,9 @@ pub fn run(socket: &Path, output: Output) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the runtime")?;
     let status = runtime
-        .block_on(xds::client::fetch_status(&Endpoint::Unix(socket.to_owned())))
+        .block_on(xds::client::fetch_status(&Endpoint::Unix(
+            socket.to_owned(),
+        )))
         .with_context(|| format!("asking the agent at {}", socket.display()))?;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -38,6 +40,9 @@ pub fn run(socket: &Path, output: Output) -> anyhow::Result<ExitCode> {
                             "type": short(&t.type_url),
                             "acked_version": t.acked_version,
                             "sent_version": t.sent_version,
+                            "responses_sent": t.responses_sent,
+                            "resources_sent": t.resources_sent,
+                            "bytes_sent": t.bytes_sent,
                             "last_nack": (!t.last_nack_error.is_empty()).then(|| json!({
                                 "version": t.last_nack_version,
                                 "error": t.last_nack_error,

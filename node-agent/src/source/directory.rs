@@ -48,7 +48,7 @@ use crate::policy::FieldError;
 
 /// How long the watch waits after a change for further changes before rescanning, so that
 /// an editor's save (truncate, write, rename) is read once, complete.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// The longest a rescan is put off by a stream of changes that never pauses.
 const MAX_DELAY: Duration = Duration::from_secs(1);

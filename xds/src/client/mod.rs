@@ -56,7 +56,7 @@ pub trait TypeHandler: Send + Sync + 'static {
     /// previous state stays in force.
     fn build(
         &self,
-        resources: &BTreeMap<String, proto::Resource>,
+        resources: &BTreeMap<String, Arc<proto::Resource>>,
     ) -> Result<Self::State, Vec<(String, String)>>;
 }
 

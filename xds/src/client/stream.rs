@@ -36,8 +36,9 @@ pub(super) trait Slot: Send {
 pub(super) struct TypedSlot<H: TypeHandler> {
     handler: H,
     version: String,
-    /// The resources of the last good version.
-    resources: BTreeMap<String, proto::Resource>,
+    /// The resources of the last good version. Shared (`Arc`) so that building the next
+    /// candidate set beside it copies pointers, not thousands of policies.
+    resources: BTreeMap<String, Arc<proto::Resource>>,
     states: watch::Sender<Option<Arc<Versioned<H::State>>>>,
 }
 
@@ -82,7 +83,7 @@ impl<H: TypeHandler> Slot for TypedSlot<H> {
             next.remove(name);
         }
         for resource in response.resources {
-            next.insert(resource.name.clone(), resource);
+            next.insert(resource.name.clone(), Arc::new(resource));
         }
         match self.handler.build(&next) {
             Ok(state) => {

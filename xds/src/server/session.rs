@@ -153,6 +153,7 @@ struct Subscription {
     warned_unknown: bool,
     responses_sent: u64,
     resources_sent: u64,
+    bytes_sent: u64,
 }
 
 struct InFlight {
@@ -224,7 +225,7 @@ impl Session {
         };
         match request.error_detail {
             None => {
-                tracing::debug!(%client, %type_url, version = in_flight.version, "ACK");
+                tracing::info!(%client, %type_url, version = in_flight.version, "ACK");
                 subscription.acked = in_flight.state;
                 subscription.acked_version = in_flight.version.to_string();
                 subscription.full_state = false;
@@ -287,14 +288,15 @@ impl Session {
                 .to_string();
             let response = proto::StreamResponse { nonce, ..response };
             let count = response.resources.len();
-            tracing::debug!(
+            let bytes = response.encoded_len();
+            tracing::info!(
                 client = %self.client.id,
                 %type_url,
                 version = current.version,
                 resources = count,
                 removed = response.removed_resources.len(),
                 full_state = response.full_state,
-                bytes = response.encoded_len(),
+                bytes,
                 "push"
             );
             subscription.in_flight = Some(InFlight {
@@ -304,6 +306,7 @@ impl Session {
             });
             subscription.responses_sent += 1;
             subscription.resources_sent += count as u64;
+            subscription.bytes_sent += bytes as u64;
             tokio::select! {
                 sent = self.out.send(Ok(response)) => sent.map_err(|_| Gone)?,
                 _ = shutdown_signal(shutdown) => return Err(Gone),
@@ -365,6 +368,7 @@ impl Session {
                 last_nack_unix_ms: s.last_nack.as_ref().map(|n| n.unix_ms).unwrap_or_default(),
                 responses_sent: s.responses_sent,
                 resources_sent: s.resources_sent,
+                bytes_sent: s.bytes_sent,
             })
             .collect();
         self.shared.registry.set(

@@ -53,7 +53,7 @@ impl TypeHandler for Toy {
 
     fn build(
         &self,
-        resources: &BTreeMap<String, proto::Resource>,
+        resources: &BTreeMap<String, Arc<proto::Resource>>,
     ) -> Result<ToyState, Vec<(String, String)>> {
         let bad: Vec<(String, String)> = resources
             .keys()

@@ -4,6 +4,7 @@
 //! and `policy explain`.
 
 pub mod http_rules;
+pub mod listener;
 
 pub use http_rules::{
     CompiledHttpRule, DenyReason, HeaderEdit, HeaderMatchSpec, HttpRuleError, HttpRuleSet,

@@ -1,0 +1,246 @@
+//! The HTTP proxy: serves one accepted connection (HTTP/1.x or HTTP/2 prior knowledge),
+//! asks the authorizer about every request against the policy current at that moment,
+//! answers 403 or 400 itself, and forwards allowed requests to the original destination.
+//!
+//! The order of work per request is fixed: framing checks (`framing`), the policy decision
+//! (`RequestAuthorizer`), the path rewrite to the normalised target, then forwarding
+//! (`upstream`). A denied or rejected request never reaches the upstream.
+
+mod framing;
+pub mod response;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::http_rules::{HeaderEdit, RequestView};
+
+/// Which way the connection goes relative to the local endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// What the proxy knows about a connection before its first request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub direction: Direction,
+    pub original_src: SocketAddr,
+    pub original_dst: SocketAddr,
+}
+
+/// The policy's answer for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward `target` (the normalised path and query) after applying `header_edits`.
+    Allow {
+        target: String,
+        header_edits: Vec<HeaderEdit>,
+        rule: String,
+    },
+    /// Answer 403 (SEMANTICS 4.10).
+    Deny { reason: String },
+    /// Answer 400 and close (SEMANTICS 4.12).
+    Reject { reason: String },
+}
+
+/// Decides requests against the current policy. Called once per request, so a policy
+/// update applies to the next request, also on open keep-alive connections.
+pub trait RequestAuthorizer: Send + Sync + 'static {
+    fn authorize(&self, conn: &ConnInfo, request: &RequestView<'_>) -> Decision;
+}
+
+/// Limits and timeouts of the downstream side.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// hyper's header read timeout: a client that does not finish its headers in time is
+    /// disconnected (without a timer hyper never times out).
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (HTTP/1: bytes of the head buffer).
+    pub max_header_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Why a connection ended abnormally (logged by the caller; it never affects others).
+#[derive(Debug, thiserror::Error)]
+#[error("connection from {src} to {dst}: {source}")]
+pub struct ConnectionError {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Serves one connection until the client closes it or it fails.
+pub async fn serve_connection<S>(
+    stream: S,
+    conn: ConnInfo,
+    authorizer: Arc<dyn RequestAuthorizer>,
+    upstream: upstream::Upstream,
+    limits: &ServerLimits,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let authorizer = authorizer.clone();
+        let upstream = upstream.clone();
+        async move { Ok::<_, Infallible>(handle(request, conn, &*authorizer, &upstream).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+        .map_err(|source| ConnectionError {
+            src: conn.original_src,
+            dst: conn.original_dst,
+            source,
+        })
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    conn: ConnInfo,
+    authorizer: &dyn RequestAuthorizer,
+    upstream: &upstream::Upstream,
+) -> Response<ProxyBody> {
+    if let Err(reason) = framing::check(&request) {
+        tracing::debug!(?conn, %reason, "malformed request rejected");
+        return response::bad_request(&reason);
+    }
+    let target = request_target(request.uri());
+    let host = request_host(&request);
+    let header_pairs: Vec<(&str, &str)> = request
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| value.to_str().ok().map(|v| (name.as_str(), v)))
+        .collect();
+    let view = RequestView {
+        method: request.method().as_str(),
+        target: &target,
+        host: host.as_deref(),
+        headers: &header_pairs,
+    };
+    let decision = authorizer.authorize(&conn, &view);
+    drop(header_pairs);
+    match decision {
+        Decision::Deny { reason } => {
+            tracing::debug!(?conn, method = %request.method(), %target, %reason, "denied");
+            response::access_denied(request.method() == http::Method::HEAD)
+        }
+        Decision::Reject { reason } => {
+            tracing::debug!(?conn, %target, %reason, "rejected");
+            response::bad_request(&reason)
+        }
+        Decision::Allow {
+            target,
+            header_edits,
+            rule,
+        } => {
+            tracing::trace!(?conn, %target, %rule, "allowed");
+            forward(request, conn, &target, &header_edits, upstream).await
+        }
+    }
+}
+
+async fn forward(
+    request: Request<Incoming>,
+    conn: ConnInfo,
+    target: &str,
+    header_edits: &[HeaderEdit],
+    upstream: &upstream::Upstream,
+) -> Response<ProxyBody> {
+    let version = request.version();
+    let (mut parts, body) = request.into_parts();
+    // The path that was matched is the path forwarded (SEMANTICS 4.6).
+    let uri = format!("http://{}{}", conn.original_dst, target);
+    parts.uri = match uri.parse::<Uri>() {
+        Ok(uri) => uri,
+        Err(e) => return response::bad_request(&format!("target cannot be forwarded: {e}")),
+    };
+    for edit in header_edits {
+        apply_edit(&mut parts.headers, edit);
+    }
+    framing::strip_hop_by_hop(&mut parts.headers);
+    let http2 = version == Version::HTTP_2;
+    let request = Request::from_parts(parts, body.boxed());
+    match upstream.send(request, http2).await {
+        Ok(response) => response.map(|b| b.boxed()),
+        Err(error) => {
+            tracing::debug!(?conn, %error, "upstream failed");
+            response::upstream_error(&error)
+        }
+    }
+}
+
+fn apply_edit(headers: &mut http::HeaderMap, edit: &HeaderEdit) {
+    let set = |headers: &mut http::HeaderMap, name: &str, value: &str, append: bool| {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::try_from(name),
+            http::HeaderValue::try_from(value),
+        ) {
+            if append {
+                headers.append(name, value);
+            } else {
+                headers.insert(name, value);
+            }
+        }
+    };
+    match edit {
+        HeaderEdit::Add { name, value, .. } => set(headers, name, value, true),
+        HeaderEdit::Set { name, value, .. } => set(headers, name, value, false),
+        HeaderEdit::Remove { name } => {
+            headers.remove(name.as_str());
+        }
+    }
+}
+
+/// The request target as the client sent it: origin-form path and query, or the whole
+/// absolute-form URI (the matcher rejects userinfo and other schemes there).
+fn request_target(uri: &Uri) -> String {
+    if uri.scheme().is_some() {
+        uri.to_string()
+    } else {
+        uri.path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into())
+    }
+}
+
+/// The Host header as sent, or HTTP/2's `:authority`.
+fn request_host(request: &Request<Incoming>) -> Option<String> {
+    request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))
+}

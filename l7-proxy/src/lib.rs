@@ -5,6 +5,7 @@
 
 pub mod http_rules;
 pub mod listener;
+pub mod policy;
 pub mod proxy;
 
 pub use http_rules::{

@@ -204,16 +204,31 @@ async fn sync_update_and_nack() {
         Some(true)
     );
 
-    // The agent records the ACK.
-    let status = status_json(&socket);
-    assert_eq!(status["ready"], true);
-    let versions = &status["versions"];
-    let client = &status["clients"][0];
-    assert_eq!(client["id"], "l7-proxy/node1/test");
-    for t in client["types"].as_array().expect("types") {
-        let name = t["type"].as_str().expect("type");
-        assert_eq!(t["acked_version"], versions[name], "{name} acked");
-        assert_eq!(t["last_nack"], serde_json::Value::Null);
+    // The agent records the ACKs (they travel after the client published its state).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = status_json(&socket);
+        assert_eq!(status["ready"], true);
+        let versions = &status["versions"];
+        let client = &status["clients"][0];
+        assert_eq!(client["id"], "l7-proxy/node1/test");
+        let types = client["types"].as_array().expect("types");
+        assert!(
+            types
+                .iter()
+                .all(|t| t["last_nack"] == serde_json::Value::Null)
+        );
+        let all_acked = types
+            .iter()
+            .all(|t| t["acked_version"] == versions[t["type"].as_str().expect("type")]);
+        if all_acked {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ACKs not recorded: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // An update: the L7 policy replaces the L3/L4 one (same object, rule1).

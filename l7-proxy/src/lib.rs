@@ -3,6 +3,7 @@
 //! For now: the HTTP rule matcher (SEMANTICS 4), shared with the node-agent's validator
 //! and `policy explain`.
 
+pub mod app;
 pub mod http_rules;
 pub mod listener;
 pub mod policy;

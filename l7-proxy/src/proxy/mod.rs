@@ -25,12 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::http_rules::{HeaderEdit, RequestView};
 
-/// Which way the connection goes relative to the local endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Ingress,
-    Egress,
-}
+pub use crate::policy::Direction;
 
 /// What the proxy knows about a connection before its first request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,68 @@
+//! Connects the HTTP proxy to the policy stream: every request is decided against the
+//! policy and identity map current at that moment (a `watch` of `Arc`s, so an update
+//! applies to the next request and a request in flight keeps the version it started with).
+
+use std::sync::Arc;
+
+use xds::client::StateWatch;
+
+use super::metrics::Metrics;
+use crate::http_rules::RequestView;
+use crate::policy::{EndpointPolicies, IdentityMap, RequestDecision};
+use crate::proxy::{ConnInfo, Decision, Direction, RequestAuthorizer};
+
+pub struct XdsAuthorizer {
+    pub policies: StateWatch<EndpointPolicies>,
+    pub identities: StateWatch<IdentityMap>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl RequestAuthorizer for XdsAuthorizer {
+    fn authorize(&self, conn: &ConnInfo, request: &RequestView<'_>) -> Decision {
+        let decision = self.decide(conn, request);
+        let verdict = match &decision {
+            Decision::Allow { .. } => "forwarded",
+            Decision::Deny { .. } => "denied",
+            Decision::Reject { .. } => "rejected",
+        };
+        self.metrics.request(conn.direction, verdict);
+        decision
+    }
+}
+
+impl XdsAuthorizer {
+    fn decide(&self, conn: &ConnInfo, request: &RequestView<'_>) -> Decision {
+        let policies = self.policies.borrow().clone();
+        let identities = self.identities.borrow().clone();
+        // Fail closed until the first good policy and identity map have arrived.
+        let (Some(policies), Some(identities)) = (policies, identities) else {
+            return Decision::Deny {
+                reason: "no policy received from the agent yet".into(),
+            };
+        };
+        let (local, peer) = match conn.direction {
+            Direction::Ingress => (conn.original_dst, conn.original_src),
+            Direction::Egress => (conn.original_src, conn.original_dst),
+        };
+        let peer_identity = identities.state.lookup(peer.ip());
+        let connection = policies
+            .state
+            .connection(conn.direction, local, peer, peer_identity);
+        match connection.evaluate(request) {
+            RequestDecision::Allowed {
+                normalized_target,
+                header_edits,
+                matched,
+                ..
+            } => Decision::Allow {
+                target: normalized_target,
+                header_edits,
+                rule: matched,
+            },
+            RequestDecision::Denied { reason } => Decision::Deny { reason },
+            RequestDecision::Rejected { reason, .. } => Decision::Reject {
+                reason: reason.to_string(),
+            },
+        }
+    }
+}

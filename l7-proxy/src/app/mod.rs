@@ -1,0 +1,138 @@
+//! The `l7-proxy` process: a policy-stream client, one listener per direction, and an
+//! admin listener. Each accepted connection is served on its own task; a failure on one
+//! connection is logged and never affects the others.
+
+mod admin;
+mod authorizer;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use xds::client::{ClientBuilder, Endpoint};
+use xds::proto;
+
+use crate::listener::{self, ListenerConfig, ListenerError, ListenerMode};
+use crate::policy::{IdentityHandler, PolicyHandler};
+use crate::proxy::upstream::{Upstream, UpstreamConfig};
+use crate::proxy::{ConnInfo, Direction, RequestAuthorizer, ServerLimits, serve_connection};
+use authorizer::XdsAuthorizer;
+use metrics::Metrics;
+
+/// The proxy's settings, validated by the CLI.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub agent: Endpoint,
+    pub client_id: String,
+    pub ingress: Option<SocketAddr>,
+    pub egress: Option<SocketAddr>,
+    pub mode: ListenerMode,
+    pub upstream: UpstreamConfig,
+    pub limits: ServerLimits,
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Listener(#[from] ListenerError),
+    #[error("admin listener on {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let metrics = Arc::new(Metrics::new());
+    let mut client = ClientBuilder::new(
+        config.agent.clone(),
+        proto::ClientInfo {
+            id: config.client_id.clone(),
+            kind: "l7-proxy".into(),
+            ..Default::default()
+        },
+    )
+    .backoff(Duration::from_millis(100), Duration::from_secs(5));
+    let policies = client.subscribe(PolicyHandler::new());
+    let identities = client.subscribe(IdentityHandler);
+    let client = client.start();
+    let authorizer: Arc<dyn RequestAuthorizer> = Arc::new(XdsAuthorizer {
+        policies: policies.clone(),
+        identities: identities.clone(),
+        metrics: metrics.clone(),
+    });
+    let upstream = Upstream::new(&config.upstream);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for (direction, addr) in [
+        (Direction::Ingress, config.ingress),
+        (Direction::Egress, config.egress),
+    ] {
+        let Some(addr) = addr else { continue };
+        let listener = listener::bind(&ListenerConfig {
+            addr,
+            mode: config.mode,
+            proxy_header_timeout: config.limits.header_read_timeout,
+        })
+        .await?;
+        tracing::info!(direction = direction.name(), addr = %listener.local_addr(), mode = ?config.mode, "listening");
+        let authorizer = authorizer.clone();
+        let upstream = upstream.clone();
+        let limits = config.limits.clone();
+        let metrics = metrics.clone();
+        tasks.spawn(async move {
+            listener
+                .serve(move |accepted| {
+                    let authorizer = authorizer.clone();
+                    let upstream = upstream.clone();
+                    let limits = limits.clone();
+                    let metrics = metrics.clone();
+                    async move {
+                        let conn = ConnInfo {
+                            direction,
+                            original_src: accepted.original_src,
+                            original_dst: accepted.original_dst,
+                        };
+                        metrics.connections.inc();
+                        metrics.active_connections.inc();
+                        if let Err(error) =
+                            serve_connection(accepted.stream, conn, authorizer, upstream, &limits)
+                                .await
+                        {
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                        metrics.active_connections.dec();
+                    }
+                })
+                .await;
+        });
+    }
+    let admin = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .map_err(|source| AppError::Admin {
+            addr: config.admin,
+            source,
+        })?;
+    tracing::info!(addr = %config.admin, "admin listening (/metrics, /ready, /config)");
+    tasks.spawn(admin::serve(
+        admin,
+        admin::AdminState {
+            metrics,
+            policies,
+            identities,
+            config: format!("{config:#?}"),
+        },
+    ));
+    shutdown.await;
+    tracing::info!("shutting down");
+    tasks.abort_all();
+    client.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use l7_proxy::app::{self, Config};
+use l7_proxy::listener::ListenerMode;
+use l7_proxy::proxy::ServerLimits;
+use l7_proxy::proxy::upstream::UpstreamConfig;
+use xds::client::Endpoint;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Connections redirected by the kernel (IP_TRANSPARENT; needs root).
+    Transparent,
+    /// Each connection starts with a PROXY protocol v1/v2 header naming the original
+    /// source and destination (for tests, benchmarks, and behind load balancers).
+    ProxyProtocol,
+}
+
+/// Per-node HTTP proxy enforcing CiliumNetworkPolicy HTTP rules.
+#[derive(Debug, Parser)]
+#[command(name = "l7-proxy", version)]
+struct Args {
+    /// The agent's policy stream: unix:PATH or http://HOST:PORT.
+    #[arg(long, default_value = "unix:/var/run/sidecarless/agent.sock")]
+    agent: String,
+    /// Listener for traffic entering local endpoints.
+    #[arg(long)]
+    ingress: Option<SocketAddr>,
+    /// Listener for traffic leaving local endpoints.
+    #[arg(long)]
+    egress: Option<SocketAddr>,
+    #[arg(long, value_enum, default_value_t = Mode::Transparent)]
+    mode: Mode,
+    /// SO_MARK on upstream connections, so the datapath does not redirect them again.
+    #[arg(long)]
+    mark: Option<u32>,
+    /// Admin listener (/metrics, /ready, /config).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// Seconds allowed to connect to an upstream.
+    #[arg(long, default_value_t = 5)]
+    connect_timeout: u64,
+    /// Seconds allowed for a client to send its request headers.
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("L7_PROXY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let agent = if let Some(path) = args.agent.strip_prefix("unix:") {
+        Endpoint::Unix(PathBuf::from(path))
+    } else if args.agent.starts_with("http://") {
+        Endpoint::Tcp(args.agent.clone())
+    } else {
+        bail!(
+            "--agent {:?}: expected unix:PATH or http://HOST:PORT",
+            args.agent
+        );
+    };
+    if args.ingress.is_none() && args.egress.is_none() {
+        bail!("give --ingress, --egress or both");
+    }
+    let config = Config {
+        agent,
+        client_id: format!("l7-proxy/{}", std::process::id()),
+        ingress: args.ingress,
+        egress: args.egress,
+        mode: match args.mode {
+            Mode::Transparent => ListenerMode::Transparent,
+            Mode::ProxyProtocol => ListenerMode::ProxyProtocol,
+        },
+        upstream: UpstreamConfig {
+            mark: args.mark,
+            connect_timeout: Duration::from_secs(args.connect_timeout),
+            ..UpstreamConfig::default()
+        },
+        limits: ServerLimits {
+            header_read_timeout: Duration::from_secs(args.header_timeout),
+            ..ServerLimits::default()
+        },
+        admin: args.admin,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(app::run(config, async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }))?;
+    Ok(())
+}

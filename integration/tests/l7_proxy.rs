@@ -219,6 +219,12 @@ fn starwars_through_the_proxy() {
     let _deathstar = deathstar();
     let socket = dir.path().join("agent.sock");
     let agent = AgentProcess::start(&manifests_dir, &socket);
+    let socket_arg = socket.display().to_string();
+    wait_until("the agent to serve", || {
+        integration::node_agent(&["status", "--xds-socket", &socket_arg])
+            .status
+            .success()
+    });
     let proxy = start_proxy(&socket);
     wait_until("the proxy to be ready", || {
         http_get(proxy.admin, "/ready").0 == 200
@@ -258,6 +264,13 @@ fn starwars_through_the_proxy() {
         metrics.contains("l7_proxy_requests_total{direction=\"ingress\",verdict=\"denied\"}"),
         "{metrics}"
     );
+    // Flow records reached the agent: two per request (SEMANTICS 8.1).
+    wait_until("flow records at the agent", || {
+        let output =
+            integration::node_agent(&["status", "--xds-socket", &socket_arg, "-o", "json"]);
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        status["flows"]["received"].as_u64().unwrap_or(0) >= 8
+    });
     drop(proxy);
     assert!(agent.stop().success());
 }

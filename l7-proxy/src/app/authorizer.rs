@@ -4,17 +4,18 @@
 
 use std::sync::Arc;
 
-use xds::client::StateWatch;
+use xds::client::{FlowReporter, StateWatch};
 
 use super::metrics::Metrics;
 use crate::http_rules::RequestView;
 use crate::policy::{EndpointPolicies, IdentityMap, RequestDecision};
-use crate::proxy::{ConnInfo, Decision, Direction, RequestAuthorizer};
+use crate::proxy::{ConnInfo, Decision, Direction, RequestAuthorizer, RequestOutcome};
 
 pub struct XdsAuthorizer {
     pub policies: StateWatch<EndpointPolicies>,
     pub identities: StateWatch<IdentityMap>,
     pub metrics: Arc<Metrics>,
+    pub flows: FlowReporter,
 }
 
 impl RequestAuthorizer for XdsAuthorizer {
@@ -27,6 +28,21 @@ impl RequestAuthorizer for XdsAuthorizer {
         };
         self.metrics.request(conn.direction, verdict);
         decision
+    }
+
+    fn completed(&self, conn: &ConnInfo, outcome: &RequestOutcome<'_>) {
+        let policies = self.policies.borrow().clone();
+        let identities = self.identities.borrow().clone();
+        let records = super::flows::records(
+            conn,
+            outcome,
+            policies.as_ref().map(|p| &p.state),
+            identities.as_ref().map(|i| &i.state),
+        );
+        for record in records {
+            // A full queue drops the record (counted by the reporter); never wait here.
+            self.flows.report(record);
+        }
     }
 }
 

@@ -4,13 +4,14 @@
 
 mod admin;
 mod authorizer;
+mod flows;
 pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use xds::client::{ClientBuilder, Endpoint};
+use xds::client::{ClientBuilder, Endpoint, FlowReporter};
 use xds::proto;
 
 use crate::listener::{self, ListenerConfig, ListenerError, ListenerMode};
@@ -67,6 +68,7 @@ pub async fn run(
         policies: policies.clone(),
         identities: identities.clone(),
         metrics: metrics.clone(),
+        flows: FlowReporter::start(config.agent.clone(), &config.client_id, 10_000),
     });
     let upstream = Upstream::new(&config.upstream);
 

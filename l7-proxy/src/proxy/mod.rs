@@ -13,7 +13,7 @@ pub mod upstream;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, Uri, Version};
@@ -54,6 +54,24 @@ pub enum Decision {
 /// update applies to the next request, also on open keep-alive connections.
 pub trait RequestAuthorizer: Send + Sync + 'static {
     fn authorize(&self, conn: &ConnInfo, request: &RequestView<'_>) -> Decision;
+
+    /// Called once per request when its outcome is known (the upstream's response headers,
+    /// or the proxy's own 403/400/50x), for flow records (SEMANTICS 8.1). Must not block.
+    fn completed(&self, _conn: &ConnInfo, _outcome: &RequestOutcome<'_>) {}
+}
+
+/// What a flow record says about one request.
+#[derive(Debug)]
+pub struct RequestOutcome<'a> {
+    pub method: &'a str,
+    /// `http://host/path?query` as the client asked (SEMANTICS 8.1).
+    pub url: String,
+    /// "HTTP/1.0", "HTTP/1.1" or "HTTP/2".
+    pub protocol: &'static str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub decision: &'a Decision,
+    pub status: u16,
+    pub latency: Duration,
 }
 
 /// Limits and timeouts of the downstream side.
@@ -127,33 +145,44 @@ async fn handle(
     authorizer: &dyn RequestAuthorizer,
     upstream: &upstream::Upstream,
 ) -> Response<ProxyBody> {
+    let started = Instant::now();
     if let Err(reason) = framing::check(&request) {
         tracing::debug!(?conn, %reason, "malformed request rejected");
         return response::bad_request(&reason);
     }
     let target = request_target(request.uri());
     let host = request_host(&request);
-    let header_pairs: Vec<(&str, &str)> = request
+    let method = request.method().clone();
+    let protocol = protocol_name(request.version());
+    let headers: Vec<(String, String)> = request
         .headers()
         .iter()
-        .filter_map(|(name, value)| value.to_str().ok().map(|v| (name.as_str(), v)))
+        .filter_map(|(name, value)| {
+            value
+                .to_str()
+                .ok()
+                .map(|v| (name.as_str().to_owned(), v.to_owned()))
+        })
+        .collect();
+    let header_pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
     let view = RequestView {
-        method: request.method().as_str(),
+        method: method.as_str(),
         target: &target,
         host: host.as_deref(),
         headers: &header_pairs,
     };
     let decision = authorizer.authorize(&conn, &view);
-    drop(header_pairs);
-    match decision {
+    let response = match &decision {
         Decision::Deny { reason } => {
-            tracing::debug!(?conn, method = %request.method(), %target, %reason, "denied");
-            response::access_denied(request.method() == http::Method::HEAD)
+            tracing::debug!(?conn, %method, %target, %reason, "denied");
+            response::access_denied(method == http::Method::HEAD)
         }
         Decision::Reject { reason } => {
             tracing::debug!(?conn, %target, %reason, "rejected");
-            response::bad_request(&reason)
+            response::bad_request(reason)
         }
         Decision::Allow {
             target,
@@ -161,8 +190,34 @@ async fn handle(
             rule,
         } => {
             tracing::trace!(?conn, %target, %rule, "allowed");
-            forward(request, conn, &target, &header_edits, upstream).await
+            forward(request, conn, target, header_edits, upstream).await
         }
+    };
+    let url = if target.starts_with('/') {
+        format!("http://{}{target}", host.as_deref().unwrap_or(""))
+    } else {
+        target.clone()
+    };
+    authorizer.completed(
+        &conn,
+        &RequestOutcome {
+            method: method.as_str(),
+            url,
+            protocol,
+            headers: &header_pairs,
+            decision: &decision,
+            status: response.status().as_u16(),
+            latency: started.elapsed(),
+        },
+    );
+    response
+}
+
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/1.1",
     }
 }
 

@@ -65,6 +65,10 @@ impl AgentHooks for Hooks {
         dropped
     }
 
+    fn flow_counts(&self) -> (u64, u64) {
+        self.counts()
+    }
+
     async fn observe_fqdn(
         &self,
         observation: proto::FqdnObservation,

@@ -56,6 +56,7 @@ pub fn run(socket: &Path, output: Output) -> anyhow::Result<ExitCode> {
                 "ready": status.ready,
                 "versions": status.versions.iter().map(|(t, v)| (short(t), v.clone())).collect::<std::collections::BTreeMap<_, _>>(),
                 "clients": clients,
+                "flows": {"received": status.flows_received, "dropped": status.flows_dropped},
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -69,6 +70,10 @@ pub fn run(socket: &Path, output: Output) -> anyhow::Result<ExitCode> {
                 "agent: {}; versions: {}",
                 if status.ready { "ready" } else { "loading" },
                 versions.join(", ")
+            );
+            println!(
+                "flow records: {} received, {} dropped",
+                status.flows_received, status.flows_dropped
             );
             if status.clients.is_empty() {
                 println!("no proxies connected");

@@ -70,6 +70,11 @@ pub trait AgentHooks: Send + Sync + 'static {
         &self,
         obs: proto::FqdnObservation,
     ) -> Result<proto::FqdnObservationResult, tonic::Status>;
+
+    /// Flow records received so far and how many were dropped, for `status`.
+    fn flow_counts(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// HTTP/2 pings on idle connections, and how long an answer may take.
@@ -133,6 +138,7 @@ impl PolicyServer {
     /// acknowledged, what is in flight and its last NACK (SEMANTICS 9.3).
     pub fn status(&self) -> proto::StatusResponse {
         let snapshot = self.shared.snapshots.borrow().clone();
+        let (flows_received, flows_dropped) = self.shared.hooks.flow_counts();
         proto::StatusResponse {
             ready: snapshot.ready,
             versions: snapshot
@@ -141,6 +147,8 @@ impl PolicyServer {
                 .map(|(type_url, t)| (type_url.clone(), t.version.to_string()))
                 .collect(),
             clients: self.shared.registry.clients(),
+            flows_received,
+            flows_dropped,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The HTTP proxy with real sockets: a real upstream server, the proxy behind a PROXY
+//! The HTTP proxy (HTTP/1.x and h2c) with real sockets: a real upstream server, the proxy behind a PROXY
 //! protocol v2 listener (which carries the original source and destination, as the kernel
 //! redirect will), and a real HTTP client. Policy here is a fixed rule set, so these tests
 //! are about the proxy's mechanics: 403 without contacting the upstream, keep-alive after a
@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7_proxy::http_rules::{HttpRuleSet, HttpRuleSpec, HttpVerdict, RequestView};
 use l7_proxy::listener::{self, ListenerConfig, ListenerMode};
 use l7_proxy::proxy::upstream::{Upstream, UpstreamConfig};
@@ -82,7 +82,8 @@ async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                         )))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
+                // HTTP/1 and h2c, so HTTP/2 can be proxied as HTTP/2.
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
@@ -289,4 +290,92 @@ async fn head_denied_has_no_body() {
         answer.ends_with("\r\n\r\n"),
         "no body after the headers: {answer:?}"
     );
+}
+
+// Adversarial: an allowed and a denied request pipelined in one write. Each is decided on
+// its own; the denied one never reaches the upstream.
+#[tokio::test]
+async fn pipelined_allowed_and_denied() {
+    let (up, hits) = upstream().await;
+    let proxy = proxy(rules(&[("GET", "/public/.*")])).await;
+    let answer = raw(
+        proxy,
+        up,
+        "GET /public/a HTTP/1.1\r\nHost: x\r\n\r\nGET /secret HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let first = answer.find("HTTP/1.1 200").expect("the allowed response");
+    let second = answer.find("HTTP/1.1 403").expect("the denied response");
+    assert!(first < second, "responses in request order: {answer:?}");
+    assert!(answer.ends_with("Access denied\r\n"), "{answer:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+// Adversarial: smuggling variants against a rule that allows only /public/.* (SEMANTICS 4.6).
+#[tokio::test]
+async fn path_smuggling_variants() {
+    let (up, hits) = upstream().await;
+    let proxy = proxy(rules(&[("GET", "/public/.*")])).await;
+    let cases = [
+        ("/public/../secret", "403"),
+        ("//secret", "403"),
+        ("/public/%2e%2e/secret", "403"),
+        ("/public/%2E%2E/secret", "403"),
+        ("/public/..%2fsecret", "400"),
+        ("/public/%2F../secret", "400"),
+        ("/public/..%5csecret", "400"),
+        ("/public\\..\\secret", "400"),
+        ("/public/.;/../secret", "400"),
+    ];
+    for (path, want) in cases {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let answer = raw(proxy, up, &request).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {want}")),
+            "{path}: {answer:?}"
+        );
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "none of them reached the upstream"
+    );
+}
+
+// SEMANTICS 4.11: HTTP/2 (prior knowledge) in, HTTP/2 out; 403 the same way.
+#[tokio::test]
+async fn http2_prior_knowledge() {
+    let (up, hits) = upstream().await;
+    let proxy = proxy(rules(&[("GET", "/public/.*")])).await;
+    let stream = connect(proxy, up).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        hyper::Request::get(format!("http://deathstar{path}"))
+            .body(Empty::<Bytes>::new())
+            .expect("request")
+    };
+    let allowed = sender
+        .send_request(get("/public/a"))
+        .await
+        .expect("allowed");
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.version(), hyper::Version::HTTP_2);
+    let body = body_text(allowed).await;
+    assert!(
+        body.starts_with("GET ") && body.ends_with("/public/a"),
+        "{body}"
+    );
+    let denied = sender.send_request(get("/secret")).await.expect("denied");
+    assert_eq!(denied.status(), 403);
+    assert_eq!(body_text(denied).await, "Access denied\r\n");
+    let again = sender
+        .send_request(get("/public/b"))
+        .await
+        .expect("after 403");
+    assert_eq!(again.status(), 200, "the HTTP/2 connection is still usable");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
 }

@@ -232,14 +232,14 @@ async fn raw(proxy: SocketAddr, dst: SocketAddr, request: &str) -> String {
 }
 
 // Issue item 4: framing an upstream might read differently is refused with 400, and
-// never reaches the upstream. (Content-Length together with Transfer-Encoding is not here
-// yet: hyper drops the Content-Length before the proxy sees the request; see the issue.)
+// never reaches the upstream.
 #[tokio::test]
 async fn ambiguous_framing_is_refused() {
     let (up, hits) = upstream().await;
     let proxy = proxy(rules(&[("POST", "/.*"), ("GET", "/.*")])).await;
     let cases = [
         "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         "GET /a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
         "GET /a HTTP/1.1\r\n\r\n",
         "GET /a%2fb HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -255,6 +255,30 @@ async fn ambiguous_framing_is_refused() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
     assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+// SEMANTICS 4.12: hyper drops a Content-Length that comes with a Transfer-Encoding; the
+// proxy still sees it, also on a keep-alive connection after a clean request, and closes.
+#[tokio::test]
+async fn content_length_with_transfer_encoding_after_clean_request() {
+    let (up, hits) = upstream().await;
+    let proxy = proxy(rules(&[("POST", "/.*"), ("GET", "/.*")])).await;
+    let answer = raw(
+        proxy,
+        up,
+        "GET /first HTTP/1.1\r\nHost: x\r\n\r\n\
+         POST /second HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    let first = answer.find("HTTP/1.1 200").expect("the clean response");
+    let second = answer.find("HTTP/1.1 400").expect("the refused response");
+    assert!(first < second, "responses in request order: {answer:?}");
+    assert!(answer.contains("GET /first"), "{answer:?}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "only the clean request went up"
+    );
 }
 
 // Upstream down: a clear 503, not a hang or a reset.

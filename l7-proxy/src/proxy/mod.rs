@@ -7,6 +7,7 @@
 //! (`upstream`). A denied or rejected request never reaches the upstream.
 
 mod framing;
+mod head_scan;
 pub mod response;
 pub mod upstream;
 
@@ -116,17 +117,35 @@ pub async fn serve_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let max_buf = limits.max_header_bytes.max(8192);
+    // hyper hides some framing ambiguities from the service; the scanner sees the raw
+    // HTTP/1 heads and leaves one verdict per request (SEMANTICS 4.12).
+    let verdicts = Arc::new(head_scan::Verdicts::default());
+    let stream = head_scan::HeadScanner::new(stream, max_buf, verdicts.clone());
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let authorizer = authorizer.clone();
         let upstream = upstream.clone();
-        async move { Ok::<_, Infallible>(handle(request, conn, &*authorizer, &upstream).await) }
+        // Taken before the future runs: HTTP/1 requests reach the service in order.
+        let both_lengths = request.version() != Version::HTTP_2 && verdicts.take();
+        async move {
+            if both_lengths {
+                tracing::debug!(
+                    ?conn,
+                    "request with Content-Length and Transfer-Encoding rejected"
+                );
+                return Ok::<_, Infallible>(response::bad_request(
+                    "both Content-Length and Transfer-Encoding",
+                ));
+            }
+            Ok::<_, Infallible>(handle(request, conn, &*authorizer, &upstream).await)
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(max_buf)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     builder

@@ -264,6 +264,14 @@ fn starwars_through_the_proxy() {
         metrics.contains("l7_proxy_requests_total{direction=\"ingress\",verdict=\"denied\"}"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("l7_proxy_policy_version{type=\"NetworkPolicy\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("l7_proxy_flow_records_dropped 0"),
+        "{metrics}"
+    );
     // Flow records reached the agent: two per request (SEMANTICS 8.1).
     wait_until("flow records at the agent", || {
         let output =

@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use xds::client::StateWatch;
+use xds::client::{FlowReporter, StateWatch};
 
 use super::metrics::Metrics;
 use crate::policy::{EndpointPolicies, IdentityMap};
@@ -18,6 +18,7 @@ use crate::policy::{EndpointPolicies, IdentityMap};
 #[derive(Clone)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
+    pub flows: Arc<FlowReporter>,
     pub policies: StateWatch<EndpointPolicies>,
     pub identities: StateWatch<IdentityMap>,
     pub config: String,
@@ -44,20 +45,19 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
 fn answer(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
     let (status, body) = match path {
         "/metrics" => {
-            let mut text = state.metrics.encode();
-            let version = |v: Option<&str>| v.unwrap_or("none").to_owned();
-            text.push_str(&format!(
-                "# policy versions: NetworkPolicy {} Identity {}\n",
+            let version = |v: Option<&str>| v.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+            state.metrics.observe(
                 version(state.policies.borrow().as_ref().map(|s| s.version.as_str())),
                 version(
                     state
                         .identities
                         .borrow()
                         .as_ref()
-                        .map(|s| s.version.as_str())
+                        .map(|s| s.version.as_str()),
                 ),
-            ));
-            (StatusCode::OK, text)
+                state.flows.dropped(),
+            );
+            (StatusCode::OK, state.metrics.encode())
         }
         "/ready" => {
             let mut pending = Vec::new();

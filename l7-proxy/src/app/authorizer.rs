@@ -15,7 +15,7 @@ pub struct XdsAuthorizer {
     pub policies: StateWatch<EndpointPolicies>,
     pub identities: StateWatch<IdentityMap>,
     pub metrics: Arc<Metrics>,
-    pub flows: FlowReporter,
+    pub flows: Arc<FlowReporter>,
 }
 
 impl RequestAuthorizer for XdsAuthorizer {
@@ -31,6 +31,9 @@ impl RequestAuthorizer for XdsAuthorizer {
     }
 
     fn completed(&self, conn: &ConnInfo, outcome: &RequestOutcome<'_>) {
+        if let Some(kind) = outcome.upstream_failure {
+            self.metrics.upstream_error(kind);
+        }
         let policies = self.policies.borrow().clone();
         let identities = self.identities.borrow().clone();
         let records = super::flows::records(

@@ -140,6 +140,7 @@ mod tests {
             decision: &decision,
             status: 403,
             latency: Duration::from_micros(30),
+            upstream_failure: None,
         };
         let [request, response] = records(&conn, &outcome, None, None);
         assert_eq!(request.verdict, "DROPPED");

@@ -16,10 +16,23 @@ struct RequestLabels {
     verdict: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabels {
+    r#type: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    upstream_errors: Family<FailureLabels, Counter>,
+    policy_version: Family<TypeLabels, Gauge<i64, AtomicI64>>,
+    flow_records_dropped: Gauge<i64, AtomicI64>,
     pub active_connections: Gauge<i64, AtomicI64>,
     pub connections: Counter,
 }
@@ -51,9 +64,30 @@ impl Metrics {
             "Downstream connections accepted",
             connections.clone(),
         );
+        let upstream_errors = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Requests answered 502/503/504 because the upstream failed (connect, timeout, request)",
+            upstream_errors.clone(),
+        );
+        let policy_version = Family::<TypeLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "policy_version",
+            "Version of the last good policy per resource type (0: none yet)",
+            policy_version.clone(),
+        );
+        let flow_records_dropped = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "flow_records_dropped",
+            "Flow records dropped because the queue to the agent was full",
+            flow_records_dropped.clone(),
+        );
         Self {
             registry,
             requests,
+            upstream_errors,
+            policy_version,
+            flow_records_dropped,
             active_connections,
             connections,
         }
@@ -66,6 +100,26 @@ impl Metrics {
                 verdict,
             })
             .inc();
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&FailureLabels { kind })
+            .inc();
+    }
+
+    /// Sets the values read at scrape time: policy versions and flow drops.
+    pub fn observe(&self, network_policy: i64, identity: i64, flows_dropped: u64) {
+        self.policy_version
+            .get_or_create(&TypeLabels {
+                r#type: "NetworkPolicy",
+            })
+            .set(network_policy);
+        self.policy_version
+            .get_or_create(&TypeLabels { r#type: "Identity" })
+            .set(identity);
+        self.flow_records_dropped
+            .set(i64::try_from(flows_dropped).unwrap_or(i64::MAX));
     }
 
     /// The registry in the Prometheus text format.

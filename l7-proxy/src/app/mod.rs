@@ -64,11 +64,16 @@ pub async fn run(
     let policies = client.subscribe(PolicyHandler::new());
     let identities = client.subscribe(IdentityHandler);
     let client = client.start();
+    let flows = Arc::new(FlowReporter::start(
+        config.agent.clone(),
+        &config.client_id,
+        10_000,
+    ));
     let authorizer: Arc<dyn RequestAuthorizer> = Arc::new(XdsAuthorizer {
         policies: policies.clone(),
         identities: identities.clone(),
         metrics: metrics.clone(),
-        flows: FlowReporter::start(config.agent.clone(), &config.client_id, 10_000),
+        flows: flows.clone(),
     });
     let upstream = Upstream::new(&config.upstream);
 
@@ -127,6 +132,7 @@ pub async fn run(
         admin,
         admin::AdminState {
             metrics,
+            flows,
             policies,
             identities,
             config: format!("{config:#?}"),

@@ -73,6 +73,9 @@ pub struct RequestOutcome<'a> {
     pub decision: &'a Decision,
     pub status: u16,
     pub latency: Duration,
+    /// Set when the proxy answered 502/503/504 itself because the upstream failed:
+    /// "connect", "timeout" or "request".
+    pub upstream_failure: Option<&'static str>,
 }
 
 /// Limits and timeouts of the downstream side.
@@ -194,14 +197,14 @@ async fn handle(
         headers: &header_pairs,
     };
     let decision = authorizer.authorize(&conn, &view);
-    let response = match &decision {
+    let (response, upstream_failure) = match &decision {
         Decision::Deny { reason } => {
             tracing::debug!(?conn, %method, %target, %reason, "denied");
-            response::access_denied(method == http::Method::HEAD)
+            (response::access_denied(method == http::Method::HEAD), None)
         }
         Decision::Reject { reason } => {
             tracing::debug!(?conn, %target, %reason, "rejected");
-            response::bad_request(reason)
+            (response::bad_request(reason), None)
         }
         Decision::Allow {
             target,
@@ -227,6 +230,7 @@ async fn handle(
             decision: &decision,
             status: response.status().as_u16(),
             latency: started.elapsed(),
+            upstream_failure,
         },
     );
     response
@@ -246,14 +250,17 @@ async fn forward(
     target: &str,
     header_edits: &[HeaderEdit],
     upstream: &upstream::Upstream,
-) -> Response<ProxyBody> {
+) -> (Response<ProxyBody>, Option<&'static str>) {
     let version = request.version();
     let (mut parts, body) = request.into_parts();
     // The path that was matched is the path forwarded (SEMANTICS 4.6).
     let uri = format!("http://{}{}", conn.original_dst, target);
     parts.uri = match uri.parse::<Uri>() {
         Ok(uri) => uri,
-        Err(e) => return response::bad_request(&format!("target cannot be forwarded: {e}")),
+        Err(e) => {
+            let reason = format!("target cannot be forwarded: {e}");
+            return (response::bad_request(&reason), None);
+        }
     };
     for edit in header_edits {
         apply_edit(&mut parts.headers, edit);
@@ -262,10 +269,10 @@ async fn forward(
     let http2 = version == Version::HTTP_2;
     let request = Request::from_parts(parts, body.boxed());
     match upstream.send(request, http2).await {
-        Ok(response) => response.map(|b| b.boxed()),
+        Ok(response) => (response.map(|b| b.boxed()), None),
         Err(error) => {
             tracing::debug!(?conn, %error, "upstream failed");
-            response::upstream_error(&error)
+            (response::upstream_error(&error), Some(error.kind()))
         }
     }
 }

@@ -50,6 +50,17 @@ pub enum UpstreamError {
     },
 }
 
+impl UpstreamError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Request { .. } => "request",
+        }
+    }
+}
+
 type Connector = tower::util::BoxCloneSyncService<Uri, TokioIo<TcpStream>, std::io::Error>;
 
 #[derive(Clone, Debug)]

@@ -26,14 +26,6 @@ impl Hooks {
         }
     }
 
-    /// The most recent flow records, oldest first.
-    pub fn recent_flows(&self) -> Vec<proto::FlowRecord> {
-        match self.flows.lock() {
-            Ok(flows) => flows.iter().cloned().collect(),
-            Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
-        }
-    }
-
     pub fn counts(&self) -> (u64, u64) {
         (
             self.received.load(Ordering::Relaxed),

@@ -1,5 +1,7 @@
 //! Helpers for the end-to-end tests: the real binaries of the workspace, built once.
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

@@ -60,15 +60,30 @@ pub enum TargetError {
     /// `*` with a method other than OPTIONS.
     #[error("asterisk-form target '*' is only valid with OPTIONS")]
     AsteriskNotOptions,
-    /// Neither origin-form, absolute-form nor asterisk-form (e.g. authority-form for CONNECT).
+    /// Neither origin-form, absolute-form nor asterisk-form (authority-form is CONNECT's
+    /// alone).
     #[error("request target is not origin-form, absolute-form or asterisk-form")]
     UnsupportedForm,
+    /// CONNECT with anything but `host:port` (RFC 9110 9.3.6: the port is required).
+    #[error("CONNECT target must be host:port")]
+    ConnectTarget,
 }
 
-/// Normalises a request target as received (origin-, absolute- or asterisk-form).
+/// Normalises a request target as received (origin-, absolute- or asterisk-form; for
+/// CONNECT, authority-form only).
+///
+/// A CONNECT has no path: its `path_and_query` is empty, so a rule with a `path` only
+/// allows it if its regex matches the empty string, and its authority is matched as the
+/// host, the way Envoy presents CONNECT to route matching.
 pub fn normalize_target(method: &str, target: &str) -> Result<NormalizedTarget, TargetError> {
     if target.is_empty() {
         return Err(TargetError::Empty);
+    }
+    if method == "CONNECT" {
+        return connect_target(target).map(|authority| NormalizedTarget {
+            path_and_query: String::new(),
+            authority: Some(authority.to_owned()),
+        });
     }
     if target.contains('#') {
         return Err(TargetError::Fragment);
@@ -105,6 +120,31 @@ pub fn normalize_target(method: &str, target: &str) -> Result<NormalizedTarget, 
         path_and_query,
         authority: Some(authority.to_owned()),
     })
+}
+
+/// `host:port` where host is a registered name, an IPv4 address or a bracketed IPv6
+/// address, and port is 1-65535.
+fn connect_target(target: &str) -> Result<&str, TargetError> {
+    let (host, port) = target.rsplit_once(':').ok_or(TargetError::ConnectTarget)?;
+    let port_ok = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    };
+    if port_ok && host_ok {
+        Ok(target)
+    } else {
+        Err(TargetError::ConnectTarget)
+    }
 }
 
 /// Splits `scheme://authority<rest>`; `rest` is empty or starts with `/` or `?`.
@@ -308,6 +348,33 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(norm(input).as_deref(), Ok(want), "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn connect_takes_host_and_port_only() {
+        for good in ["example.com:443", "10.0.0.1:8080", "[::1]:443", "a_b.internal:1"] {
+            let target = normalize_target("CONNECT", good).expect(good);
+            assert_eq!(target.path_and_query, "", "{good}");
+            assert_eq!(target.authority.as_deref(), Some(good));
+        }
+        for bad in [
+            "/x",
+            "example.com",
+            "example.com:",
+            "example.com:0",
+            "example.com:99999",
+            "user@example.com:443",
+            "http://example.com:443/",
+            "[::1:443",
+            "[not-ip]:443",
+            "exa mple.com:443",
+        ] {
+            assert_eq!(
+                normalize_target("CONNECT", bad),
+                Err(TargetError::ConnectTarget),
+                "{bad}"
+            );
         }
     }
 

@@ -219,7 +219,13 @@ fn normalises_before_matching() {
         case(r#"[{}]"#, "GET", "http://b/p/../q?z", Allow(0, "/q?z")),
         case(r#"[{}]"#, "OPTIONS", "*", Allow(0, "*")),
         case(r#"[{}]"#, "GET", "*", Reject),
-        case(r#"[{}]"#, "CONNECT", "host:443", Reject),
+        // CONNECT: policed on its authority, with an empty path.
+        case(r#"[{}]"#, "CONNECT", "host:443", Allow(0, "")),
+        case(r#"[{"method":"CONNECT","host":"host:443"}]"#, "CONNECT", "host:443", Allow(0, "")),
+        case(r#"[{"method":"CONNECT","host":"other"}]"#, "CONNECT", "host:443", Deny),
+        case(r#"[{"method":"CONNECT","path":"/.*"}]"#, "CONNECT", "host:443", Deny),
+        case(r#"[{}]"#, "CONNECT", "/x", Reject),
+        case(r#"[{}]"#, "GET", "host:443", Reject),
         // Malformed targets are rejected even where nothing would be allowed.
         case(r#"[]"#, "GET", "/%2f", Reject),
     ]);

@@ -47,6 +47,22 @@ struct Args {
     /// Seconds allowed for a client to send its request headers.
     #[arg(long, default_value_t = 10)]
     header_timeout: u64,
+    /// Largest request head in bytes (HTTP/1 head, HTTP/2 header list); larger gets 431.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+    /// Most request headers (1-100); more gets 431.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=100))]
+    max_headers: u16,
+    /// Seconds a connection may sit with no request in flight and no bytes moving.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
+    /// Seconds a WebSocket or CONNECT tunnel may sit with no bytes moving.
+    #[arg(long, default_value_t = 3600)]
+    tunnel_idle_timeout: u64,
+    /// Seconds requests in flight get to finish when their connection is closed because
+    /// it went idle or lost its L3/L4 access.
+    #[arg(long, default_value_t = 5)]
+    drain_timeout: u64,
 }
 
 fn main() -> ExitCode {
@@ -96,7 +112,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         limits: ServerLimits {
             header_read_timeout: Duration::from_secs(args.header_timeout),
-            ..ServerLimits::default()
+            max_header_bytes: args.max_header_bytes,
+            max_headers: usize::from(args.max_headers),
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+            tunnel_idle_timeout: Duration::from_secs(args.tunnel_idle_timeout),
+            drain_timeout: Duration::from_secs(args.drain_timeout),
         },
         admin: args.admin,
     };

@@ -4,159 +4,16 @@
 //! are about the proxy's mechanics: 403 without contacting the upstream, keep-alive after a
 //! 403, the normalised path forwarded, framing ambiguities refused, upstream failures.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+mod common;
+
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use common::*;
+use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use l7_proxy::http_rules::{HttpRuleSet, HttpRuleSpec, HttpVerdict, RequestView};
-use l7_proxy::listener::{self, ListenerConfig, ListenerMode};
-use l7_proxy::proxy::upstream::{Upstream, UpstreamConfig};
-use l7_proxy::proxy::{ConnInfo, Decision, RequestAuthorizer, ServerLimits, serve_connection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
-/// Allows what one rule set allows (SEMANTICS 4), denies the rest.
-struct Rules(HttpRuleSet);
-
-impl RequestAuthorizer for Rules {
-    fn authorize(&self, _conn: &ConnInfo, request: &RequestView<'_>) -> Decision {
-        match self.0.evaluate(request) {
-            HttpVerdict::Allowed {
-                normalized_target,
-                header_edits,
-                rule_index,
-                ..
-            } => Decision::Allow {
-                target: normalized_target,
-                header_edits,
-                rule: format!("http[{rule_index}]"),
-            },
-            HttpVerdict::Denied { reason } => Decision::Deny {
-                reason: reason.to_string(),
-            },
-            HttpVerdict::Rejected { reason, .. } => Decision::Reject {
-                reason: reason.to_string(),
-            },
-        }
-    }
-}
-
-fn rules(specs: &[(&str, &str)]) -> Arc<Rules> {
-    let specs: Vec<HttpRuleSpec> = specs
-        .iter()
-        .map(|(method, path)| HttpRuleSpec {
-            method: Some((*method).into()),
-            path: Some((*path).into()),
-            ..Default::default()
-        })
-        .collect();
-    Arc::new(Rules(HttpRuleSet::compile(&specs).expect("valid rules")))
-}
-
-/// An upstream that answers `METHOD PATH` and counts what reached it.
-async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind upstream");
-    let addr = listener.local_addr().expect("addr");
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        let line = format!("{} {}", req.method(), req.uri());
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from(line),
-                        )))
-                    }
-                });
-                // HTTP/1 and h2c, so HTTP/2 can be proxied as HTTP/2.
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, hits)
-}
-
-/// The proxy on a PROXY-protocol listener.
-async fn proxy(authorizer: Arc<dyn RequestAuthorizer>) -> SocketAddr {
-    let listener = listener::bind(&ListenerConfig {
-        addr: "127.0.0.1:0".parse().expect("addr"),
-        mode: ListenerMode::ProxyProtocol,
-        proxy_header_timeout: Duration::from_secs(5),
-    })
-    .await
-    .expect("bind proxy");
-    let addr = listener.local_addr();
-    let upstream = Upstream::new(&UpstreamConfig {
-        connect_timeout: Duration::from_secs(2),
-        response_timeout: Duration::from_secs(5),
-        ..UpstreamConfig::default()
-    });
-    tokio::spawn(async move {
-        listener
-            .serve(move |accepted| {
-                let authorizer = authorizer.clone();
-                let upstream = upstream.clone();
-                async move {
-                    let conn = ConnInfo {
-                        direction: l7_proxy::proxy::Direction::Ingress,
-                        original_src: accepted.original_src,
-                        original_dst: accepted.original_dst,
-                    };
-                    let _ = serve_connection(
-                        accepted.stream,
-                        conn,
-                        authorizer,
-                        upstream,
-                        &ServerLimits::default(),
-                    )
-                    .await;
-                }
-            })
-            .await;
-    });
-    addr
-}
-
-/// A TCP connection to the proxy that claims to be from `src` to `dst`.
-async fn connect(proxy: SocketAddr, dst: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(proxy).await.expect("connect proxy");
-    let src: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
-    let header = ppp::v2::Builder::with_addresses(
-        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
-        ppp::v2::Protocol::Stream,
-        (src, dst),
-    )
-    .build()
-    .expect("header");
-    stream.write_all(&header).await.expect("write header");
-    stream
-}
-
-async fn body_text(response: hyper::Response<Incoming>) -> String {
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
+use tokio::net::TcpListener;
 
 // SEMANTICS 4.10: 403 with the exact body; the keep-alive connection stays usable; the
 // upstream only ever sees allowed requests, with the normalised path (4.6).
@@ -223,14 +80,6 @@ async fn allowed_then_denied_on_one_connection() {
 }
 
 /// Sends raw bytes through the proxy and returns what comes back.
-async fn raw(proxy: SocketAddr, dst: SocketAddr, request: &str) -> String {
-    let mut stream = connect(proxy, dst).await;
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 // Issue item 4: framing an upstream might read differently is refused with 400, and
 // never reaches the upstream.
 #[tokio::test]

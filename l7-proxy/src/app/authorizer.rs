@@ -8,14 +8,41 @@ use xds::client::{FlowReporter, StateWatch};
 
 use super::metrics::Metrics;
 use crate::http_rules::RequestView;
-use crate::policy::{EndpointPolicies, IdentityMap, RequestDecision};
-use crate::proxy::{ConnInfo, Decision, Direction, RequestAuthorizer, RequestOutcome};
+use crate::policy::{ConnectionPolicy, EndpointPolicies, IdentityMap, L3Verdict, RequestDecision};
+use crate::proxy::{
+    Admission, ConnInfo, Decision, Direction, PolicyClose, RequestAuthorizer, RequestOutcome,
+};
 
 pub struct XdsAuthorizer {
     pub policies: StateWatch<EndpointPolicies>,
     pub identities: StateWatch<IdentityMap>,
     pub metrics: Arc<Metrics>,
     pub flows: Arc<FlowReporter>,
+    /// Ticks after every change of either watch (see `spawn_update_ticker`).
+    pub updates: tokio::sync::watch::Receiver<()>,
+}
+
+/// One receiver that changes whenever the policies or the identity map do: connections
+/// re-check their L3/L4 access on it.
+pub fn spawn_update_ticker(
+    mut policies: StateWatch<EndpointPolicies>,
+    mut identities: StateWatch<IdentityMap>,
+) -> tokio::sync::watch::Receiver<()> {
+    let (sender, receiver) = tokio::sync::watch::channel(());
+    tokio::spawn(async move {
+        loop {
+            let changed = tokio::select! {
+                changed = policies.changed() => changed,
+                changed = identities.changed() => changed,
+                () = sender.closed() => return,
+            };
+            if changed.is_err() {
+                return;
+            }
+            sender.send_replace(());
+        }
+    });
+    receiver
 }
 
 impl RequestAuthorizer for XdsAuthorizer {
@@ -28,6 +55,45 @@ impl RequestAuthorizer for XdsAuthorizer {
         };
         self.metrics.request(conn.direction, verdict);
         decision
+    }
+
+    /// Refuses what the datapath would drop. Before the first policy arrives nothing is
+    /// refused here: every request is denied instead, and the connection is checked again
+    /// when the policy comes.
+    fn admit(&self, conn: &ConnInfo) -> Admission {
+        let Some(connection) = self.connection(conn) else {
+            return Admission::Admitted;
+        };
+        match &connection.verdict {
+            L3Verdict::Allowed { .. } | L3Verdict::Redirect(_) => Admission::Admitted,
+            L3Verdict::Denied { reason, .. } => Admission::Refused {
+                reason: format!("denied at L3/L4 ({})", reason.name()),
+            },
+            L3Verdict::NotHttp { parser, .. } => Admission::Refused {
+                reason: format!(
+                    "port {} is redirected to the {} proxy",
+                    connection.port,
+                    parser.name()
+                ),
+            },
+            L3Verdict::Unknown => Admission::Refused {
+                reason: format!("no policy for local endpoint {}", connection.local.ip()),
+            },
+        }
+    }
+
+    fn policy_updates(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        let mut updates = self.updates.clone();
+        updates.mark_unchanged();
+        Some(updates)
+    }
+
+    fn closed_by_policy(&self, conn: &ConnInfo, when: PolicyClose, _reason: &str) {
+        let when = match when {
+            PolicyClose::Accept => "accept",
+            PolicyClose::Update => "update",
+        };
+        self.metrics.closed_by_policy(conn.direction, when);
     }
 
     fn completed(&self, conn: &ConnInfo, outcome: &RequestOutcome<'_>) {
@@ -50,23 +116,30 @@ impl RequestAuthorizer for XdsAuthorizer {
 }
 
 impl XdsAuthorizer {
-    fn decide(&self, conn: &ConnInfo, request: &RequestView<'_>) -> Decision {
-        let policies = self.policies.borrow().clone();
-        let identities = self.identities.borrow().clone();
-        // Fail closed until the first good policy and identity map have arrived.
-        let (Some(policies), Some(identities)) = (policies, identities) else {
-            return Decision::Deny {
-                reason: "no policy received from the agent yet".into(),
-            };
-        };
+    /// The connection's policy now; `None` until the first good policy and identity map
+    /// have arrived.
+    fn connection(&self, conn: &ConnInfo) -> Option<ConnectionPolicy> {
+        let policies = self.policies.borrow().clone()?;
+        let identities = self.identities.borrow().clone()?;
         let (local, peer) = match conn.direction {
             Direction::Ingress => (conn.original_dst, conn.original_src),
             Direction::Egress => (conn.original_src, conn.original_dst),
         };
         let peer_identity = identities.state.lookup(peer.ip());
-        let connection = policies
-            .state
-            .connection(conn.direction, local, peer, peer_identity);
+        Some(
+            policies
+                .state
+                .connection(conn.direction, local, peer, peer_identity),
+        )
+    }
+
+    fn decide(&self, conn: &ConnInfo, request: &RequestView<'_>) -> Decision {
+        // Fail closed until the first good policy and identity map have arrived.
+        let Some(connection) = self.connection(conn) else {
+            return Decision::Deny {
+                reason: "no policy received from the agent yet".into(),
+            };
+        };
         match connection.evaluate(request) {
             RequestDecision::Allowed {
                 normalized_target,

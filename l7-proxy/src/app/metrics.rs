@@ -22,6 +22,13 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyCloseLabels {
+    direction: &'static str,
+    /// `accept`: refused when accepted; `update`: access removed while open.
+    when: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TypeLabels {
     r#type: &'static str,
 }
@@ -31,6 +38,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     upstream_errors: Family<FailureLabels, Counter>,
+    connections_closed_by_policy: Family<PolicyCloseLabels, Counter>,
     policy_version: Family<TypeLabels, Gauge<i64, AtomicI64>>,
     flow_records_dropped: Gauge<i64, AtomicI64>,
     pub active_connections: Gauge<i64, AtomicI64>,
@@ -70,6 +78,12 @@ impl Metrics {
             "Requests answered 502/503/504 because the upstream failed (connect, timeout, request)",
             upstream_errors.clone(),
         );
+        let connections_closed_by_policy = Family::<PolicyCloseLabels, Counter>::default();
+        registry.register(
+            "connections_closed_by_policy",
+            "Connections closed because L3/L4 policy does not allow them (when: accept, update)",
+            connections_closed_by_policy.clone(),
+        );
         let policy_version = Family::<TypeLabels, Gauge<i64, AtomicI64>>::default();
         registry.register(
             "policy_version",
@@ -86,6 +100,7 @@ impl Metrics {
             registry,
             requests,
             upstream_errors,
+            connections_closed_by_policy,
             policy_version,
             flow_records_dropped,
             active_connections,
@@ -105,6 +120,15 @@ impl Metrics {
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&FailureLabels { kind })
+            .inc();
+    }
+
+    pub fn closed_by_policy(&self, direction: Direction, when: &'static str) {
+        self.connections_closed_by_policy
+            .get_or_create(&PolicyCloseLabels {
+                direction: direction.name(),
+                when,
+            })
             .inc();
     }
 

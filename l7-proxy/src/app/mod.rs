@@ -74,6 +74,7 @@ pub async fn run(
         identities: identities.clone(),
         metrics: metrics.clone(),
         flows: flows.clone(),
+        updates: authorizer::spawn_update_ticker(policies.clone(), identities.clone()),
     });
     let upstream = Upstream::new(&config.upstream);
 

@@ -353,7 +353,12 @@ mod tests {
 
     #[test]
     fn connect_takes_host_and_port_only() {
-        for good in ["example.com:443", "10.0.0.1:8080", "[::1]:443", "a_b.internal:1"] {
+        for good in [
+            "example.com:443",
+            "10.0.0.1:8080",
+            "[::1]:443",
+            "a_b.internal:1",
+        ] {
             let target = normalize_target("CONNECT", good).expect(good);
             assert_eq!(target.path_and_query, "", "{good}");
             assert_eq!(target.authority.as_deref(), Some(good));

@@ -221,9 +221,24 @@ fn normalises_before_matching() {
         case(r#"[{}]"#, "GET", "*", Reject),
         // CONNECT: policed on its authority, with an empty path.
         case(r#"[{}]"#, "CONNECT", "host:443", Allow(0, "")),
-        case(r#"[{"method":"CONNECT","host":"host:443"}]"#, "CONNECT", "host:443", Allow(0, "")),
-        case(r#"[{"method":"CONNECT","host":"other"}]"#, "CONNECT", "host:443", Deny),
-        case(r#"[{"method":"CONNECT","path":"/.*"}]"#, "CONNECT", "host:443", Deny),
+        case(
+            r#"[{"method":"CONNECT","host":"host:443"}]"#,
+            "CONNECT",
+            "host:443",
+            Allow(0, ""),
+        ),
+        case(
+            r#"[{"method":"CONNECT","host":"other"}]"#,
+            "CONNECT",
+            "host:443",
+            Deny,
+        ),
+        case(
+            r#"[{"method":"CONNECT","path":"/.*"}]"#,
+            "CONNECT",
+            "host:443",
+            Deny,
+        ),
         case(r#"[{}]"#, "CONNECT", "/x", Reject),
         case(r#"[{}]"#, "GET", "host:443", Reject),
         // Malformed targets are rejected even where nothing would be allowed.

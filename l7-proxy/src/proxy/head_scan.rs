@@ -26,8 +26,10 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// hyper's default limit on the number of request headers.
-const MAX_HEADERS: usize = 100;
+/// The most request headers a head may have: hyper's default, Envoy's default, and the
+/// ceiling of `ServerLimits::max_headers`, so that hyper never accepts a head this scanner
+/// could not parse.
+pub const MAX_HEADERS: usize = 100;
 
 /// The per-request verdicts of one connection, shared between the scanner and the service.
 #[derive(Debug, Default)]

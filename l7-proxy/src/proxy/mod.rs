@@ -4,11 +4,18 @@
 //!
 //! The order of work per request is fixed: framing checks (`framing`), the policy decision
 //! (`RequestAuthorizer`), the path rewrite to the normalised target, then forwarding
-//! (`upstream`). A denied or rejected request never reaches the upstream.
+//! (`upstream`, or `tunnel` for WebSocket upgrades and CONNECT). A denied or rejected
+//! request never reaches the upstream.
+//!
+//! Around the requests, the connection itself is watched: its L3/L4 access is checked at
+//! accept and again after every policy change (a connection that lost it is drained and
+//! closed), and it is closed after `ServerLimits::idle_timeout` without activity.
 
+mod activity;
 mod framing;
 mod head_scan;
 pub mod response;
+mod tunnel;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -51,10 +58,42 @@ pub enum Decision {
     Reject { reason: String },
 }
 
+/// Whether a connection may exist at all (its L3/L4 verdict).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// The datapath would drop this flow: the connection is closed without an answer.
+    Refused {
+        reason: String,
+    },
+}
+
+/// When a connection was closed because of policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyClose {
+    /// Refused when accepted.
+    Accept,
+    /// Its access was removed by a policy change while it was open.
+    Update,
+}
+
 /// Decides requests against the current policy. Called once per request, so a policy
 /// update applies to the next request, also on open keep-alive connections.
 pub trait RequestAuthorizer: Send + Sync + 'static {
     fn authorize(&self, conn: &ConnInfo, request: &RequestView<'_>) -> Decision;
+
+    /// The connection's L3/L4 verdict, asked at accept and after every policy change.
+    fn admit(&self, _conn: &ConnInfo) -> Admission {
+        Admission::Admitted
+    }
+
+    /// Changes whenever the policy may have changed; `None` if it never does.
+    fn policy_updates(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        None
+    }
+
+    /// Called when a connection is closed because `admit` refused it (for metrics).
+    fn closed_by_policy(&self, _conn: &ConnInfo, _when: PolicyClose, _reason: &str) {}
 
     /// Called once per request when its outcome is known (the upstream's response headers,
     /// or the proxy's own 403/400/50x), for flow records (SEMANTICS 8.1). Must not block.
@@ -84,15 +123,33 @@ pub struct ServerLimits {
     /// hyper's header read timeout: a client that does not finish its headers in time is
     /// disconnected (without a timer hyper never times out).
     pub header_read_timeout: Duration,
-    /// Largest request head accepted (HTTP/1: bytes of the head buffer).
+    /// Largest request head accepted: HTTP/1 head bytes, HTTP/2 header list size. Larger
+    /// heads get 431.
     pub max_header_bytes: usize,
+    /// Most request headers accepted (HTTP/1; at most `MAX_HEADER_COUNT`). More get 431.
+    pub max_headers: usize,
+    /// A connection with no request in flight and nothing read or written for this long
+    /// is closed.
+    pub idle_timeout: Duration,
+    /// The same for an open tunnel (WebSocket, CONNECT), which is often quiet for long.
+    pub tunnel_idle_timeout: Duration,
+    /// How long requests in flight may finish once a connection is being closed because
+    /// its L3/L4 access was removed or it went idle.
+    pub drain_timeout: Duration,
 }
+
+/// The ceiling of `ServerLimits::max_headers` (see `head_scan::MAX_HEADERS`).
+pub const MAX_HEADER_COUNT: usize = head_scan::MAX_HEADERS;
 
 impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            max_headers: MAX_HEADER_COUNT,
+            idle_timeout: Duration::from_secs(300),
+            tunnel_idle_timeout: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -109,7 +166,8 @@ pub struct ConnectionError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// Serves one connection until the client closes it or it fails.
+/// Serves one connection until the client closes it, it fails, it goes idle, or the
+/// policy stops allowing it.
 pub async fn serve_connection<S>(
     stream: S,
     conn: ConnInfo,
@@ -120,59 +178,203 @@ pub async fn serve_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if let Admission::Refused { reason } = authorizer.admit(&conn) {
+        tracing::debug!(?conn, %reason, "connection refused");
+        authorizer.closed_by_policy(&conn, PolicyClose::Accept, &reason);
+        return Ok(());
+    }
     let max_buf = limits.max_header_bytes.max(8192);
+    let state = Arc::new(activity::ConnState::default());
     // hyper hides some framing ambiguities from the service; the scanner sees the raw
     // HTTP/1 heads and leaves one verdict per request (SEMANTICS 4.12).
     let verdicts = Arc::new(head_scan::Verdicts::default());
     let stream = head_scan::HeadScanner::new(stream, max_buf, verdicts.clone());
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let stream = activity::ActivityStream::new(stream, state.clone());
+    let service = {
         let authorizer = authorizer.clone();
-        let upstream = upstream.clone();
-        // Taken before the future runs: HTTP/1 requests reach the service in order.
-        let both_lengths = request.version() != Version::HTTP_2 && verdicts.take();
-        async move {
-            if both_lengths {
-                tracing::debug!(
-                    ?conn,
-                    "request with Content-Length and Transfer-Encoding rejected"
-                );
-                return Ok::<_, Infallible>(response::bad_request(
-                    "both Content-Length and Transfer-Encoding",
-                ));
+        let state = state.clone();
+        hyper::service::service_fn(move |request: Request<Incoming>| {
+            let authorizer = authorizer.clone();
+            let upstream = upstream.clone();
+            let state = state.clone();
+            // Taken before the future runs: HTTP/1 requests reach the service in order.
+            let both_lengths = request.version() != Version::HTTP_2 && verdicts.take();
+            async move {
+                let _in_flight = state.request_started();
+                if both_lengths {
+                    tracing::debug!(
+                        ?conn,
+                        "request with Content-Length and Transfer-Encoding rejected"
+                    );
+                    return Ok::<_, Infallible>(response::bad_request(
+                        "both Content-Length and Transfer-Encoding",
+                    ));
+                }
+                let context = RequestContext {
+                    conn,
+                    authorizer: &*authorizer,
+                    upstream: &upstream,
+                    state: &state,
+                };
+                Ok::<_, Infallible>(handle(request, context).await)
             }
-            Ok::<_, Infallible>(handle(request, conn, &*authorizer, &upstream).await)
-        }
-    });
+        })
+    };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(max_buf)
+        .max_headers(limits.max_headers.clamp(1, MAX_HEADER_COUNT))
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
     builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-        .map_err(|source| ConnectionError {
-            src: conn.original_src,
-            dst: conn.original_dst,
-            source,
-        })
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let result = watch_connection(
+        std::pin::pin!(served),
+        |served| served.graceful_shutdown(),
+        &conn,
+        &*authorizer,
+        &state,
+        limits,
+    )
+    .await;
+    // A tunnel outlives hyper's connection: the upgraded stream is its own now.
+    if let Some(tunnel) = state.take_tunnel() {
+        let abort = tunnel.abort_handle();
+        watch_tunnel(tunnel, &conn, &*authorizer, &state, limits).await;
+        abort.abort();
+    }
+    result.map_err(|source| ConnectionError {
+        src: conn.original_src,
+        dst: conn.original_dst,
+        source,
+    })
 }
 
-async fn handle(
-    request: Request<Incoming>,
-    conn: ConnInfo,
+type ServeResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Drives hyper's connection while watching for idleness and for policy changes that
+/// remove the connection's access. Either starts a graceful close (requests in flight
+/// finish, HTTP/2 gets GOAWAY), bounded by `drain_timeout`.
+async fn watch_connection<F>(
+    mut served: std::pin::Pin<&mut F>,
+    shutdown_gracefully: impl Fn(std::pin::Pin<&mut F>),
+    conn: &ConnInfo,
     authorizer: &dyn RequestAuthorizer,
-    upstream: &upstream::Upstream,
-) -> Response<ProxyBody> {
+    state: &activity::ConnState,
+    limits: &ServerLimits,
+) -> ServeResult
+where
+    F: Future<Output = ServeResult>,
+{
+    let mut updates = authorizer.policy_updates();
+    let mut idle = activity::IdleClock::new(limits.idle_timeout);
+    let mut tick = tokio::time::interval(idle.tick_period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            result = served.as_mut() => return result,
+            () = next_update(&mut updates), if drain_deadline.is_none() => {
+                if let Admission::Refused { reason } = authorizer.admit(conn) {
+                    tracing::info!(?conn, %reason, "closing a connection the policy no longer allows");
+                    authorizer.closed_by_policy(conn, PolicyClose::Update, &reason);
+                    shutdown_gracefully(served.as_mut());
+                    drain_deadline = Some(tokio::time::Instant::now() + limits.drain_timeout);
+                }
+            }
+            _ = tick.tick(), if drain_deadline.is_none() => {
+                if idle.is_idle(state) {
+                    tracing::debug!(?conn, "closing an idle connection");
+                    shutdown_gracefully(served.as_mut());
+                    drain_deadline = Some(tokio::time::Instant::now() + limits.drain_timeout);
+                }
+            }
+            () = sleep_until_some(drain_deadline) => return Ok(()),
+        }
+    }
+}
+
+/// Waits for a tunnel's copy task while watching the same things as `watch_connection`;
+/// a tunnel whose access was removed, or that stays idle, is cut.
+async fn watch_tunnel(
+    tunnel: tokio::task::JoinHandle<()>,
+    conn: &ConnInfo,
+    authorizer: &dyn RequestAuthorizer,
+    state: &activity::ConnState,
+    limits: &ServerLimits,
+) {
+    let mut tunnel = std::pin::pin!(tunnel);
+    let mut updates = authorizer.policy_updates();
+    let mut idle = activity::IdleClock::new(limits.tunnel_idle_timeout);
+    let mut tick = tokio::time::interval(idle.tick_period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tunnel.as_mut() => return,
+            () = next_update(&mut updates) => {
+                if let Admission::Refused { reason } = authorizer.admit(conn) {
+                    tracing::info!(?conn, %reason, "closing a tunnel the policy no longer allows");
+                    authorizer.closed_by_policy(conn, PolicyClose::Update, &reason);
+                    return;
+                }
+            }
+            _ = tick.tick() => {
+                if idle.is_idle(state) {
+                    tracing::debug!(?conn, "closing an idle tunnel");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves on the next policy change; never, once there can be none.
+async fn next_update(updates: &mut Option<tokio::sync::watch::Receiver<()>>) {
+    match updates {
+        Some(receiver) => {
+            if receiver.changed().await.is_err() {
+                *updates = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// What a request handler needs from its connection.
+struct RequestContext<'a> {
+    conn: ConnInfo,
+    authorizer: &'a dyn RequestAuthorizer,
+    upstream: &'a upstream::Upstream,
+    state: &'a Arc<activity::ConnState>,
+}
+
+async fn handle(request: Request<Incoming>, context: RequestContext<'_>) -> Response<ProxyBody> {
+    let RequestContext {
+        conn,
+        authorizer,
+        upstream,
+        ..
+    } = context;
     let started = Instant::now();
     if let Err(reason) = framing::check(&request) {
         tracing::debug!(?conn, %reason, "malformed request rejected");
         return response::bad_request(&reason);
     }
-    let target = request_target(request.uri());
+    let target = request_target(request.method(), request.uri());
+    let tunnel_kind = tunnel::kind(&request);
     let host = request_host(&request);
     let method = request.method().clone();
     let protocol = protocol_name(request.version());
@@ -212,7 +414,10 @@ async fn handle(
             rule,
         } => {
             tracing::trace!(?conn, %target, %rule, "allowed");
-            forward(request, conn, target, header_edits, upstream).await
+            match tunnel_kind {
+                Some(kind) => tunnel::open(request, kind, target, header_edits, &context).await,
+                None => forward(request, conn, target, header_edits, upstream).await,
+            }
         }
     };
     let url = if target.starts_with('/') {
@@ -299,10 +504,15 @@ fn apply_edit(headers: &mut http::HeaderMap, edit: &HeaderEdit) {
     }
 }
 
-/// The request target as the client sent it: origin-form path and query, or the whole
-/// absolute-form URI (the matcher rejects userinfo and other schemes there).
-fn request_target(uri: &Uri) -> String {
-    if uri.scheme().is_some() {
+/// The request target as the client sent it: origin-form path and query, the whole
+/// absolute-form URI (the matcher rejects userinfo and other schemes there), or CONNECT's
+/// authority.
+fn request_target(method: &http::Method, uri: &Uri) -> String {
+    if method == http::Method::CONNECT {
+        uri.authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_else(|| uri.to_string())
+    } else if uri.scheme().is_some() {
         uri.to_string()
     } else {
         uri.path_and_query()

@@ -55,8 +55,17 @@ pub fn upstream_error(error: &UpstreamError) -> Response<ProxyBody> {
     let status = match error {
         UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         UpstreamError::Connect { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        UpstreamError::Request { .. } => StatusCode::BAD_GATEWAY,
+        UpstreamError::Request { .. } | UpstreamError::Tunnel { .. } => StatusCode::BAD_GATEWAY,
     };
     let reason = status.canonical_reason().unwrap_or("upstream error");
     text(status, &format!("{reason}\r\n"), false)
+}
+
+/// 501 for what the proxy cannot carry (CONNECT and upgrades over HTTP/2).
+pub fn not_implemented(reason: &str) -> Response<ProxyBody> {
+    text(
+        StatusCode::NOT_IMPLEMENTED,
+        &format!("Not implemented: {reason}\r\n"),
+        false,
+    )
 }

@@ -48,6 +48,13 @@ pub enum UpstreamError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    /// The exchange on a tunnel's own connection failed.
+    #[error("request to {dst} failed: {source}")]
+    Tunnel {
+        dst: String,
+        #[source]
+        source: hyper::Error,
+    },
 }
 
 impl UpstreamError {
@@ -56,7 +63,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::Timeout { .. } => "timeout",
-            UpstreamError::Request { .. } => "request",
+            UpstreamError::Request { .. } | UpstreamError::Tunnel { .. } => "request",
         }
     }
 }
@@ -68,6 +75,8 @@ pub struct Upstream {
     http1: Client<Connector, ProxyBody>,
     http2: Client<Connector, ProxyBody>,
     response_timeout: Duration,
+    mark: Option<u32>,
+    connect_timeout: Duration,
 }
 
 impl Upstream {
@@ -94,7 +103,25 @@ impl Upstream {
             http1,
             http2,
             response_timeout: config.response_timeout,
+            mark,
+            connect_timeout,
         }
+    }
+
+    /// A fresh, unpooled connection to `dst` with the same mark and timeout as pooled
+    /// ones: tunnels (WebSocket, CONNECT) take a connection for themselves.
+    pub async fn connect(&self, dst: SocketAddr) -> Result<TcpStream, UpstreamError> {
+        connect_upstream(dst, self.mark, self.connect_timeout)
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                dst: dst.to_string(),
+                reason: error_chain(&e),
+            })
+    }
+
+    /// Time allowed until an upstream's response headers arrive.
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
     }
 
     pub async fn send(

@@ -22,6 +22,9 @@ pub struct Footprint {
     /// With `connections` idle keep-alive connections open, each after one request.
     pub loaded: Memory,
     pub connections: usize,
+    /// Connections the backend saw open meanwhile: does the proxy hold one upstream per
+    /// idle client?
+    pub upstream_conns: usize,
     /// The agent, for ours: not counted in the ratios, written down beside them.
     pub agent: Option<Memory>,
 }
@@ -62,10 +65,14 @@ pub fn measure(
         std::thread::sleep(Duration::from_millis(500));
         let idle = Memory::read_sum(&running.sut_pids)?;
         let agent = running.agent_pid.map(Memory::read).transpose()?;
-        let loaded = with_idle_connections(topo, system, &path, connections, || {
-            std::thread::sleep(Duration::from_millis(500));
-            Memory::read_sum(&running.sut_pids)
-        })?;
+        let (loaded, upstream_conns) =
+            with_idle_connections(topo, system, &path, connections, || {
+                std::thread::sleep(Duration::from_millis(500));
+                Ok((
+                    Memory::read_sum(&running.sut_pids)?,
+                    backend_connections(topo),
+                ))
+            })?;
         let f = Footprint {
             round,
             system,
@@ -73,6 +80,7 @@ pub fn measure(
             idle,
             loaded,
             connections,
+            upstream_conns,
             agent,
         };
         eprintln!(
@@ -86,6 +94,20 @@ pub fn measure(
         out.push(f);
     }
     Ok(out)
+}
+
+/// Established connections to the backend's ports, seen from the backend pod.
+fn backend_connections(topo: &Topology) -> usize {
+    let output = topo.node.pods()[1].ns.output(
+        "ss",
+        &[
+            "-Htn",
+            "state",
+            "established",
+            "( sport = :8080 or sport = :8081 )",
+        ],
+    );
+    String::from_utf8_lossy(&output.stdout).lines().count()
 }
 
 /// Runs `read` while `http-bench hold` keeps `count` connections open from the client pod.

@@ -170,7 +170,8 @@ pub fn wrk(
             "-c",
             &connections.to_string(),
             "-d",
-            &format!("{}ms", duration.as_millis()),
+            // wrk takes whole seconds only ("2000ms" is a usage error).
+            &format!("{}s", duration.as_secs().max(1)),
             "--timeout",
             "5s",
             &format!("http://{target}{path}"),

@@ -177,7 +177,7 @@ impl Report {
         let key = |s: &Saturation| (s.round, s.system);
         let rps = by_round(&self.saturation, key, |s| s.wrk.rps);
         let cpu = by_round(&self.saturation, key, |s| s.sut_us);
-        out.push_str("### B1 saturation (wrk, closed loop; a lower bound: the generator shares CPU 1 with nothing else here, but is itself the limit when the SUT is fast)\n\n| metric | vs nginx | vs haproxy | vs best |\n| --- | --- | --- | --- |\n");
+        out.push_str("### B1 saturation (wrk, closed loop; a lower bound: wrk has one core, CPU 1, and is itself the limit when the SUT is fast)\n\n| metric | vs nginx | vs haproxy | vs best |\n| --- | --- | --- | --- |\n");
         ratio_row(out, "deny req/s", &rps, false);
         ratio_row(out, "SUT CPU µs/request at saturation", &cpu, true);
         out.push('\n');
@@ -262,11 +262,11 @@ impl Report {
             &by_round(&self.footprints, key, |f| f.pss_bytes_per_conn()),
             true,
         );
-        out.push_str("\n| round | system | rules | idle RSS KiB | idle Pss KiB | VmHWM KiB | RSS KiB with conns | Pss KiB with conns | conns | RSS B/conn | Pss B/conn | agent RSS KiB | agent Pss KiB |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        out.push_str("\n| round | system | rules | idle RSS KiB | idle Pss KiB | VmHWM KiB | RSS KiB with conns | Pss KiB with conns | conns | RSS B/conn | Pss B/conn | backend conns | agent RSS KiB | agent Pss KiB |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
         for f in &self.footprints {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} |",
                 f.round,
                 f.system.name(),
                 f.rules,
@@ -278,6 +278,7 @@ impl Report {
                 f.connections,
                 f.rss_bytes_per_conn(),
                 f.pss_bytes_per_conn(),
+                f.upstream_conns,
                 f.agent.map_or("-".into(), |a| a.rss_kib.to_string()),
                 f.agent.map_or("-".into(), |a| a.pss_kib.to_string()),
             );

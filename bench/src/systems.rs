@@ -150,10 +150,9 @@ pub fn start(topo: &Topology, system: System, rules: &RuleSet, bins: &Binaries) 
         200,
     );
     for proc in &mut procs {
-        proc.check_running()
-            .with_context(|| format!("logs in {}", dir.display()))?;
+        proc.check_running().with_context(|| log_tails(&dir))?;
     }
-    let ready_after = ready_after.with_context(|| format!("logs in {}", dir.display()))?;
+    let ready_after = ready_after.with_context(|| log_tails(&dir))?;
     let ready_after = ready_after.max(started.elapsed());
     let sut_pids = match system {
         System::Direct => Vec::new(),
@@ -172,6 +171,21 @@ pub fn start(topo: &Topology, system: System, rules: &RuleSet, bins: &Binaries) 
         ready_after,
         _procs: procs,
     })
+}
+
+/// The last lines of every log in `dir`: the scratch folder is gone once the run fails.
+fn log_tails(dir: &Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let content = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = content.lines().collect();
+            let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+            text.push_str(&format!("\n--- {}:\n{tail}", path.display()));
+        }
+    }
+    text
 }
 
 /// The agent on a folder of manifests (both pods and a CNP on the backend whose ingress
@@ -198,7 +212,7 @@ fn start_ours(
     let socket = dir.join("agent.sock");
     let node_ns = &topo.node.ns;
 
-    let mut agent = topo.pinned(node_ns, SUT_CPU, &bins.agent, "agent.log")?;
+    let mut agent = topology::pinned_in(node_ns, SUT_CPU, &bins.agent, &dir.join("agent.log"))?;
     agent
         .args(["run", "--node-name", "node1", "--source"])
         .arg(format!("dir:{}", manifests.display()))
@@ -208,7 +222,7 @@ fn start_ours(
     let agent = Proc::spawn(agent, "node-agent")?;
     let agent_pid = agent.id();
 
-    let mut proxy = topo.pinned(node_ns, SUT_CPU, &bins.proxy, "proxy.log")?;
+    let mut proxy = topology::pinned_in(node_ns, SUT_CPU, &bins.proxy, &dir.join("proxy.log"))?;
     proxy
         .arg("--agent")
         .arg(format!("unix:{}", socket.display()))
@@ -244,7 +258,12 @@ fn start_nginx(topo: &Topology, dir: &Path, rules: &RuleSet) -> Result<Proc> {
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
-    let mut command = topo.pinned(&topo.node.ns, SUT_CPU, Path::new("nginx"), "nginx.log")?;
+    let mut command = topology::pinned_in(
+        &topo.node.ns,
+        SUT_CPU,
+        Path::new("nginx"),
+        &dir.join("nginx.log"),
+    )?;
     command
         .arg("-p")
         .arg(dir)
@@ -288,7 +307,12 @@ fn start_haproxy(topo: &Topology, dir: &Path, rules: &RuleSet) -> Result<Proc> {
     );
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, conf)?;
-    let mut command = topo.pinned(&topo.node.ns, SUT_CPU, Path::new("haproxy"), "haproxy.log")?;
+    let mut command = topology::pinned_in(
+        &topo.node.ns,
+        SUT_CPU,
+        Path::new("haproxy"),
+        &dir.join("haproxy.log"),
+    )?;
     // -db: foreground, no master process; the pid is haproxy's own.
     command.args(["-db", "-f"]).arg(&path);
     Proc::spawn(command, "haproxy")

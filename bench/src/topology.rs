@@ -116,11 +116,6 @@ impl Topology {
         }
         bail!("{what}: {addr}{path} answered {last}, expected {status}, for 2 minutes")
     }
-
-    /// Runs `taskset -c cpu PROGRAM` in `ns`, output to files in the scratch folder.
-    pub fn pinned(&self, ns: &Netns, cpu: &str, program: &Path, log: &str) -> Result<Command> {
-        pinned_in(ns, cpu, program, &self.dir.path().join(log))
-    }
 }
 
 fn backend_addr() -> SocketAddr {

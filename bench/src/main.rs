@@ -63,6 +63,10 @@ struct Args {
     /// Seed of the order of systems within rounds (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
+    /// Redo a round when processes outside the benchmark used more than this percentage
+    /// of the machine during one of its runs (shared build machines).
+    #[arg(long, default_value_t = 10.0)]
+    max_other_percent: f64,
     /// Do not run `cargo build --release` first.
     #[arg(long)]
     no_build: bool,
@@ -166,6 +170,7 @@ fn settings(args: &Args) -> Result<Settings> {
         wrk_connections: 32,
         ticks_per_sec: procfs::clock_ticks()?,
         max_steal_percent: 2.0,
+        max_other_percent: args.max_other_percent,
         max_redos: 2,
     })
 }

@@ -85,6 +85,8 @@ pub fn children(pid: u32) -> Vec<u32> {
 pub struct MachineCpu {
     pub total: u64,
     pub steal: u64,
+    /// Everything but idle and iowait.
+    pub busy: u64,
 }
 
 impl MachineCpu {
@@ -103,7 +105,12 @@ impl MachineCpu {
         // is already counted in user, so it is left out of the total.
         let total = values.iter().take(8).sum();
         let steal = values.get(7).copied().unwrap_or(0);
-        Ok(Self { total, steal })
+        let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+        Ok(Self {
+            total,
+            steal,
+            busy: total - idle.min(total),
+        })
     }
 
     /// Steal over the interval from `self` to `later`, in percent of all CPU time.
@@ -113,6 +120,18 @@ impl MachineCpu {
             return 0.0;
         }
         100.0 * later.steal.saturating_sub(self.steal) as f64 / total as f64
+    }
+
+    /// CPU used by processes other than `ours_ticks` (the measured ones) over the interval,
+    /// in percent of the machine: other tenants' builds disturb a run as steal does. Both
+    /// counters are in USER_HZ ticks, which is CLK_TCK.
+    pub fn other_percent(&self, later: &Self, ours_ticks: u64) -> f64 {
+        let total = later.total.saturating_sub(self.total);
+        if total == 0 {
+            return 0.0;
+        }
+        let busy = later.busy.saturating_sub(self.busy);
+        100.0 * busy.saturating_sub(ours_ticks) as f64 / total as f64
     }
 }
 

@@ -287,7 +287,7 @@ impl Report {
     }
 
     fn render_raw(&self, out: &mut String) {
-        out.push_str("## Raw runs\n\nFixed rate (oha). CPU in µs per completed request; latency in µs; statuses as code:count.\n\n| bench | variant | round | system | target req/s | achieved req/s | completed | statuses | errors | SUT µs | agent µs | backend µs | oha µs | p50 | p90 | p99 | steal % |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        out.push_str("## Raw runs\n\nFixed rate (oha). CPU in µs per completed request; latency in µs; statuses as code:count.\n\n| bench | variant | round | system | target req/s | achieved req/s | completed | statuses | errors | SUT µs | agent µs | backend µs | oha µs | p50 | p90 | p99 | steal % | other % |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
         for s in &self.samples {
             let statuses: Vec<String> = s
                 .oha
@@ -297,7 +297,7 @@ impl Report {
                 .collect();
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.2} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} |",
+                "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.2} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} |",
                 s.bench,
                 s.variant,
                 s.round,
@@ -315,6 +315,7 @@ impl Report {
                 s.oha.p90_us,
                 s.oha.p99_us,
                 s.steal_percent,
+                s.other_percent,
             );
         }
         if !self.saturation.is_empty() {

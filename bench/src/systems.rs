@@ -142,6 +142,14 @@ pub fn start(topo: &Topology, system: System, rules: &RuleSet, bins: &Binaries) 
         System::Haproxy => (vec![start_haproxy(topo, &dir, rules)?], None),
     };
     let what = format!("{} with {} rules", system.name(), rules.len());
+    if system == System::Ours {
+        // Until the proxy listens, the TPROXY rule finds no socket and lets the
+        // connection through to the backend: a 200 then proves nothing. Wait for the
+        // proxy's own readiness (policy and identities received) first.
+        let admin: SocketAddr = ([127, 0, 0, 1], 9901).into();
+        topo.wait_status("l7-proxy /ready", &topo.node.ns, admin, "/ready", 200)
+            .with_context(|| log_tails(&dir))?;
+    }
     let ready_after = topo.wait_status(
         &what,
         topo.client(),

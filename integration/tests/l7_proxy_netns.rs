@@ -739,10 +739,10 @@ fn keep_alive_survives_a_denial() {
 // connection a 403 leaves the connection usable for the next stream.
 #[test]
 fn http2_prior_knowledge_allow_and_deny() {
-    if !have("node") {
-        eprintln!("SKIPPED: no `node` for the h2c upstream");
-        return;
-    }
+    assert!(
+        have("node"),
+        "the h2c upstream needs `node` (.ci/run installs nodejs)"
+    );
     let mut c = Cluster::start(
         "h2",
         &[
@@ -826,15 +826,11 @@ fn http2_prior_knowledge_allow_and_deny() {
 // The authority an HTTP/2 client sent must reach the upstream, as Host does for HTTP/1.1:
 // virtual hosts behind the proxy depend on it.
 #[test]
-#[ignore = "bug: l7-proxy forwards HTTP/2 requests with :authority replaced by the original \
-            destination address (here \"10.81.5.10:80\" instead of \"example.com\"): \
-            proxy::forward sets the URI to http://ORIGINAL_DST/TARGET and hyper's HTTP/2 \
-            client takes :authority from it; HTTP/1.1 keeps the client's Host"]
 fn http2_authority_reaches_the_upstream() {
-    if !have("node") {
-        eprintln!("SKIPPED: no `node` for the h2c upstream");
-        return;
-    }
+    assert!(
+        have("node"),
+        "the h2c upstream needs `node` (.ci/run installs nodejs)"
+    );
     let mut c = Cluster::start(
         "h2auth",
         &[

@@ -456,24 +456,39 @@ async fn forward(
     header_edits: &[HeaderEdit],
     upstream: &upstream::Upstream,
 ) -> (Response<ProxyBody>, Option<&'static str>) {
-    let version = request.version();
+    let http2 = request.version() == Version::HTTP_2;
     let (mut parts, body) = request.into_parts();
-    // The path that was matched is the path forwarded (SEMANTICS 4.6).
-    let uri = format!("http://{}{}", conn.original_dst, target);
-    parts.uri = match uri.parse::<Uri>() {
+    for edit in header_edits {
+        apply_edit(&mut parts.headers, edit);
+    }
+    framing::strip_hop_by_hop(&mut parts.headers);
+    // The path that was matched is the path forwarded (SEMANTICS 4.6). HTTP/1 addresses
+    // the pool by original destination and keeps Host as a header; HTTP/2 sends the
+    // client's authority as `:authority` (a Host header set by a rule takes its place).
+    let authority = if http2 {
+        let host = parts.headers.remove(http::header::HOST);
+        host.as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))
+            .unwrap_or_else(|| conn.original_dst.to_string())
+    } else {
+        conn.original_dst.to_string()
+    };
+    parts.uri = match format!("http://{authority}{target}").parse::<Uri>() {
         Ok(uri) => uri,
         Err(e) => {
             let reason = format!("target cannot be forwarded: {e}");
             return (response::bad_request(&reason), None);
         }
     };
-    for edit in header_edits {
-        apply_edit(&mut parts.headers, edit);
-    }
-    framing::strip_hop_by_hop(&mut parts.headers);
-    let http2 = version == Version::HTTP_2;
     let request = Request::from_parts(parts, body.boxed());
-    match upstream.send(request, http2).await {
+    let sent = if http2 {
+        upstream.send_http2(conn.original_dst, request).await
+    } else {
+        upstream.send_http1(request).await
+    };
+    match sent {
         Ok(response) => (response.map(|b| b.boxed()), None),
         Err(error) => {
             tracing::debug!(?conn, %error, "upstream failed");

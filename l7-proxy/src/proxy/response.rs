@@ -55,7 +55,7 @@ pub fn upstream_error(error: &UpstreamError) -> Response<ProxyBody> {
     let status = match error {
         UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         UpstreamError::Connect { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        UpstreamError::Request { .. } | UpstreamError::Tunnel { .. } => StatusCode::BAD_GATEWAY,
+        UpstreamError::Request { .. } | UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
     };
     let reason = status.canonical_reason().unwrap_or("upstream error");
     text(status, &format!("{reason}\r\n"), false)

@@ -104,7 +104,7 @@ pub async fn open(
         match hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await {
             Ok(pair) => pair,
             Err(source) => {
-                return failed(&UpstreamError::Tunnel {
+                return failed(&UpstreamError::Exchange {
                     dst: dst.to_string(),
                     source,
                 });
@@ -125,7 +125,7 @@ pub async fn open(
             });
         }
         Ok(Err(source)) => {
-            return failed(&UpstreamError::Tunnel {
+            return failed(&UpstreamError::Exchange {
                 dst: dst.to_string(),
                 source,
             });

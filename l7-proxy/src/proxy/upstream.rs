@@ -1,13 +1,22 @@
-//! Forwarding to the original destination: one pooled HTTP/1 client and one HTTP/2 client
-//! (HTTP/2 in means HTTP/2 out, SEMANTICS 4.11). Connections are pooled per destination
-//! (the pool key is the URI authority, which is the original destination address), carry
-//! the datapath's socket mark, and time out clearly. Requests are never retried.
+//! Forwarding to the original destination: a pooled HTTP/1 client, and one multiplexed
+//! HTTP/2 connection per destination (HTTP/2 in means HTTP/2 out, SEMANTICS 4.11).
+//! Connections carry the datapath's socket mark and time out clearly. Requests are never
+//! retried.
+//!
+//! The HTTP/1 pool is hyper-util's, keyed by the URI authority, which is set to the
+//! original destination address (the Host header travels unchanged). HTTP/2 cannot work
+//! that way: hyper derives `:authority` from the URI, and it must be what the client sent.
+//! So HTTP/2 requests carry the client's authority in their URI and go out on a
+//! connection looked up by original destination in `Http2Connections`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -48,9 +57,9 @@ pub enum UpstreamError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
-    /// The exchange on a tunnel's own connection failed.
+    /// The exchange on a connection of our own (HTTP/2, tunnels) failed.
     #[error("request to {dst} failed: {source}")]
-    Tunnel {
+    Exchange {
         dst: String,
         #[source]
         source: hyper::Error,
@@ -63,7 +72,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::Timeout { .. } => "timeout",
-            UpstreamError::Request { .. } | UpstreamError::Tunnel { .. } => "request",
+            UpstreamError::Request { .. } | UpstreamError::Exchange { .. } => "request",
         }
     }
 }
@@ -73,7 +82,7 @@ type Connector = tower::util::BoxCloneSyncService<Uri, TokioIo<TcpStream>, std::
 #[derive(Clone, Debug)]
 pub struct Upstream {
     http1: Client<Connector, ProxyBody>,
-    http2: Client<Connector, ProxyBody>,
+    http2: Arc<Http2Connections>,
     response_timeout: Duration,
     mark: Option<u32>,
     connect_timeout: Duration,
@@ -97,11 +106,10 @@ impl Upstream {
             .pool_idle_timeout(config.idle_timeout)
             .retry_canceled_requests(false)
             .set_host(false);
-        let http1 = builder.build(connector.clone());
-        let http2 = builder.http2_only(true).build(connector);
+        let http1 = builder.build(connector);
         Self {
             http1,
-            http2,
+            http2: Arc::default(),
             response_timeout: config.response_timeout,
             mark,
             connect_timeout,
@@ -124,18 +132,57 @@ impl Upstream {
         self.response_timeout
     }
 
-    pub async fn send(
+    /// Sends an HTTP/1 request whose URI authority is the original destination.
+    pub async fn send_http1(
         &self,
         request: Request<ProxyBody>,
-        http2: bool,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let dst = request
             .uri()
             .authority()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let client = if http2 { &self.http2 } else { &self.http1 };
-        match tokio::time::timeout(self.response_timeout, client.request(request)).await {
+        self.finish(dst, self.http1.request(request)).await
+    }
+
+    /// Sends an HTTP/2 request (its URI carries the client's authority) to `dst`.
+    pub async fn send_http2(
+        &self,
+        dst: SocketAddr,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let exchange = async {
+            let mut sender = self.http2.sender(dst, self).await?;
+            sender
+                .ready()
+                .await
+                .map_err(|source| UpstreamError::Exchange {
+                    dst: dst.to_string(),
+                    source,
+                })?;
+            sender
+                .send_request(request)
+                .await
+                .map_err(|source| UpstreamError::Exchange {
+                    dst: dst.to_string(),
+                    source,
+                })
+        };
+        match tokio::time::timeout(self.response_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout {
+                dst: dst.to_string(),
+                after: self.response_timeout,
+            }),
+        }
+    }
+
+    async fn finish(
+        &self,
+        dst: String,
+        exchange: impl Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.response_timeout, exchange).await {
             Err(_) => Err(UpstreamError::Timeout {
                 dst,
                 after: self.response_timeout,
@@ -147,6 +194,51 @@ impl Upstream {
             }),
             Ok(Err(source)) => Err(UpstreamError::Request { dst, source }),
         }
+    }
+}
+
+/// One HTTP/2 connection per original destination, shared by all requests to it; a
+/// closed one is replaced on the next request.
+#[derive(Debug, Default)]
+pub struct Http2Connections {
+    senders: Mutex<HashMap<SocketAddr, SendRequest<ProxyBody>>>,
+}
+
+impl Http2Connections {
+    async fn sender(
+        &self,
+        dst: SocketAddr,
+        upstream: &Upstream,
+    ) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+        {
+            let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+            match senders.get(&dst) {
+                Some(sender) if !sender.is_closed() => return Ok(sender.clone()),
+                Some(_) => {
+                    senders.remove(&dst);
+                }
+                None => {}
+            }
+        }
+        let stream = upstream.connect(dst).await?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Exchange {
+                dst: dst.to_string(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%dst, %error, "upstream HTTP/2 connection ended");
+            }
+        });
+        self.senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dst, sender.clone());
+        Ok(sender)
     }
 }
 

@@ -4,6 +4,7 @@
 //! and `policy explain`.
 
 pub mod app;
+pub mod fuzzing;
 pub mod http_rules;
 pub mod listener;
 pub mod policy;

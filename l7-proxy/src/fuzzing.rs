@@ -90,35 +90,11 @@ pub enum CheckOutcome {
 ///
 /// Denied and rejected requests are fine whatever they look like.
 ///
-/// Violations that are open bugs (listed on the private `KnownBugs`) are let through, in
-/// their exact known shape, so that the fuzzer keeps looking for others; an `#[ignore]`d
-/// test reproduces each.
 pub fn check_request_bytes(bytes: &[u8]) -> CheckOutcome {
-    check_with(bytes, KnownBugs::Tolerate)
+    check_with(bytes)
 }
 
-/// Whether the open bugs below fail the check. Each entry is tolerated only in the exact
-/// shape described, and goes away with its fix.
-///
-/// - Absolute-form CONNECT (`CONNECT http://h:443/x`): `proxy::request_target` gives the
-///   policy only the URI's authority, which normalises and may be allowed, and the tunnel
-///   then sends the request-target upstream unchanged, scheme, path and query included;
-///   the upstream CONNECT proxy reads a target the policy never saw. `normalize_target`
-///   itself refuses that target (`ConnectTarget`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KnownBugs {
-    Tolerate,
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "only the ignored regression tests fail on known bugs"
-        )
-    )]
-    Fail,
-}
-
-fn check_with(bytes: &[u8], known: KnownBugs) -> CheckOutcome {
+fn check_with(bytes: &[u8]) -> CheckOutcome {
     let mut header_buf = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut header_buf);
     if !matches!(head.parse(bytes), Ok(httparse::Status::Complete(_))) {
@@ -145,7 +121,7 @@ fn check_with(bytes: &[u8], known: KnownBugs) -> CheckOutcome {
     }
 
     // As `proxy::handle` builds the view: only text header values reach the matcher.
-    let target = request_target(request.method(), request.uri());
+    let target = crate::proxy::request_target(request.method(), request.uri());
     let host = request
         .headers()
         .get(HOST)
@@ -166,8 +142,8 @@ fn check_with(bytes: &[u8], known: KnownBugs) -> CheckOutcome {
 
     let sent = Sent::of(&request);
     let (policy, wildcard) = redirects();
-    check_wildcard(&view, &wildcard.evaluate(&view), &sent, known);
-    check_policy(&view, &policy.evaluate(&view), &sent, known)
+    check_wildcard(&view, &wildcard.evaluate(&view), &sent);
+    check_policy(&view, &policy.evaluate(&view), &sent)
 }
 
 /// How an allowed request goes upstream (`proxy::handle`, `proxy::tunnel::kind`).
@@ -178,7 +154,7 @@ enum Sent {
     /// A WebSocket upgrade: the target becomes the request-target as is.
     WebSocket,
     /// CONNECT: the request-target goes upstream as the client sent it (its URI).
-    Connect { uri: String, absolute_form: bool },
+    Connect { uri: String },
 }
 
 impl Sent {
@@ -186,7 +162,6 @@ impl Sent {
         if request.method() == Method::CONNECT {
             return Sent::Connect {
                 uri: request.uri().to_string(),
-                absolute_form: request.uri().scheme().is_some(),
             };
         }
         let tokens = |name: HeaderName, token: &str| {
@@ -294,22 +269,6 @@ fn framing_check(request: &Request<()>) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// `proxy::request_target`: CONNECT's authority, absolute-form whole, otherwise path and
-/// query.
-fn request_target(method: &Method, uri: &Uri) -> String {
-    if method == Method::CONNECT {
-        uri.authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_else(|| uri.to_string())
-    } else if uri.scheme().is_some() {
-        uri.to_string()
-    } else {
-        uri.path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into())
-    }
-}
-
 /// The fixed policy and the wildcard, compiled once: compiling per input would dominate
 /// the fuzzer's time.
 fn redirects() -> &'static (HttpRedirect, HttpRedirect) {
@@ -368,12 +327,7 @@ fn redirects() -> &'static (HttpRedirect, HttpRedirect) {
 }
 
 /// Invariants 2-6 for the fixed policy.
-fn check_policy(
-    view: &RequestView<'_>,
-    decision: &RequestDecision,
-    sent: &Sent,
-    known: KnownBugs,
-) -> CheckOutcome {
+fn check_policy(view: &RequestView<'_>, decision: &RequestDecision, sent: &Sent) -> CheckOutcome {
     let Some((target, matched)) = check_agrees_with_normalisation(view, decision) else {
         return match decision {
             RequestDecision::Rejected { .. } => CheckOutcome::TargetRejected,
@@ -387,7 +341,7 @@ fn check_policy(
     );
     check_forwardable_path(view, target);
     check_rule_conditions(view, target, matched);
-    match check_sent(view, target, sent, known) {
+    match check_sent(view, target, sent) {
         true => CheckOutcome::Allowed {
             target: target.to_owned(),
         },
@@ -396,12 +350,7 @@ fn check_policy(
 }
 
 /// Invariant 7: whatever the rules, a forwarded path is normalised and unambiguous.
-fn check_wildcard(
-    view: &RequestView<'_>,
-    decision: &RequestDecision,
-    sent: &Sent,
-    known: KnownBugs,
-) {
+fn check_wildcard(view: &RequestView<'_>, decision: &RequestDecision, sent: &Sent) {
     let Some((target, _)) = check_agrees_with_normalisation(view, decision) else {
         assert!(
             !matches!(decision, RequestDecision::Denied { .. }),
@@ -414,7 +363,7 @@ fn check_wildcard(
         (_, "*") => assert_eq!(view.method, "OPTIONS", "'*' allowed for {view:?}"),
         _ => check_forwardable_path(view, target),
     }
-    check_sent(view, target, sent, known);
+    check_sent(view, target, sent);
 }
 
 /// Invariant 2; returns the allowed target and the rule that matched.
@@ -548,7 +497,7 @@ fn check_rule_conditions(view: &RequestView<'_>, target: &str, matched: &str) {
 }
 
 /// Invariant 5. False when the proxy cannot build the request and answers 400 instead.
-fn check_sent(view: &RequestView<'_>, target: &str, sent: &Sent, known: KnownBugs) -> bool {
+fn check_sent(view: &RequestView<'_>, target: &str, sent: &Sent) -> bool {
     match sent {
         // `proxy::forward`.
         Sent::Forwarded => {
@@ -589,17 +538,10 @@ fn check_sent(view: &RequestView<'_>, target: &str, sent: &Sent, known: KnownBug
             );
             true
         }
-        Sent::Connect { uri, absolute_form } => {
+        Sent::Connect { uri } => {
             let authority = normalize_target(view.method, view.target)
                 .ok()
                 .and_then(|t| t.authority);
-            if Some(uri.as_str()) != authority.as_deref()
-                && known == KnownBugs::Tolerate
-                && *absolute_form
-            {
-                // Known bug (see `KnownBugs`): only the authority was matched.
-                return true;
-            }
             assert_eq!(
                 Some(uri.as_str()),
                 authority.as_deref(),
@@ -695,24 +637,17 @@ mod tests {
         }
     }
 
-    // Crashes the fuzzer found, minimised; each also sits in the seed corpus. They fail
-    // until their bug is fixed; then drop the `#[ignore]` and the `KnownBugs` entry.
-
-    // Open bug, found by `cargo fuzz` in 5.1M executions (`connect_absolute_form_min` is
-    // its `cargo fuzz tmin` output): `CONNECT .hps://me4:3 HTTP/1.0` is policed as
-    // authority `me4:3` with an empty path (`proxy::request_target` keeps only the URI's
-    // authority), allowed wherever CONNECT to me4:3 is, and the tunnel then sends
-    // `CONNECT .hps://me4:3/` upstream: a target the policy never saw, which the upstream
-    // proxy may read differently (`http://allowed:443/@evil:443?x` in
-    // `connect_absolute_form`). `normalize_target("CONNECT", ...)` refuses such targets;
-    // the proxy should give it the target as sent, or refuse non-authority-form CONNECT.
+    // Found by `cargo fuzz` in 5.1M executions (`connect_absolute_form_min` is its
+    // `cargo fuzz tmin` output): `CONNECT .hps://me4:3` was policed as its authority only
+    // and then tunnelled with the whole target, which an upstream proxy may read
+    // differently (`http://allowed:443/@evil:443?x` in `connect_absolute_form`). Fixed in
+    // `proxy::request_target`: such targets now reach the policy as sent and get 400.
     #[test]
-    #[ignore = "open bug: absolute-form CONNECT is tunnelled with a target the policy never saw"]
     fn connect_is_sent_with_the_authority_matched() {
         for name in ["connect_absolute_form_min", "connect_absolute_form"] {
             let path = corpus_dir().join(name);
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-            check_with(&bytes, KnownBugs::Fail);
+            assert_eq!(check_with(&bytes), CheckOutcome::TargetRejected, "{name}");
         }
     }
 

@@ -165,3 +165,26 @@ async fn h2c_upgrade_is_not_honoured() {
     );
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
+
+// Found by the fuzzer: an absolute-form CONNECT must not be policed by its authority and
+// then tunnelled with a target the policy never saw.
+#[tokio::test]
+async fn absolute_form_connect_is_refused() {
+    let (up, connects) = connect_upstream().await;
+    let spec = HttpRuleSpec {
+        method: Some("CONNECT".into()),
+        ..Default::default()
+    };
+    let proxy = proxy(Arc::new(Rules(
+        HttpRuleSet::compile(&[spec]).expect("valid rule"),
+    )))
+    .await;
+    let answer = raw(
+        proxy,
+        up,
+        "CONNECT http://allowed.example:443/@evil.example:443?x HTTP/1.1\r\nHost: allowed.example:443\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(connects.load(Ordering::SeqCst), 0);
+}

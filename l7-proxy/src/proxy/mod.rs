@@ -522,11 +522,15 @@ fn apply_edit(headers: &mut http::HeaderMap, edit: &HeaderEdit) {
 /// The request target as the client sent it: origin-form path and query, the whole
 /// absolute-form URI (the matcher rejects userinfo and other schemes there), or CONNECT's
 /// authority.
-fn request_target(method: &http::Method, uri: &Uri) -> String {
+pub(crate) fn request_target(method: &http::Method, uri: &Uri) -> String {
     if method == http::Method::CONNECT {
-        uri.authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_else(|| uri.to_string())
+        // Only a bare `host:port` is handed over as the authority; anything else (hyper
+        // also accepts `CONNECT http://host:port/path`) goes to the policy as sent, which
+        // refuses it, so the tunnel never carries a target the policy did not check.
+        match (uri.scheme(), uri.path_and_query(), uri.authority()) {
+            (None, None, Some(authority)) => authority.as_str().to_owned(),
+            _ => uri.to_string(),
+        }
     } else if uri.scheme().is_some() {
         uri.to_string()
     } else {

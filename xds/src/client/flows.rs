@@ -17,6 +17,10 @@ use crate::server::CLIENT_ID_METADATA;
 /// reporter's queue, which survives reconnects.
 const STREAM_QUEUE: usize = 64;
 
+/// Most records in one stream message: whatever is queued when the stream can take more
+/// goes together, up to this many.
+const MAX_BATCH: usize = 256;
+
 /// How long a reporter whose last handle is gone waits for the agent to take what is left.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
@@ -102,8 +106,8 @@ struct Task {
     backoff: Backoff,
     counters: Arc<Counters>,
     queue: mpsc::Receiver<proto::FlowRecord>,
-    /// A record taken from the queue but not yet handed to a stream.
-    pending: Option<proto::FlowRecord>,
+    /// Records taken from the queue but not yet handed to a stream.
+    pending: Option<Vec<proto::FlowRecord>>,
 }
 
 /// Why a connection ended.
@@ -176,14 +180,25 @@ impl Task {
                     let Ok(permit) = permit else {
                         return Outcome::Retry { healthy };
                     };
-                    if let Some(record) = self.pending.take() {
-                        permit.send(record);
-                        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                    if let Some(records) = self.pending.take() {
+                        let count = records.len() as u64;
+                        permit.send(proto::FlowBatch { records });
+                        self.counters.sent.fetch_add(count, Ordering::Relaxed);
                         healthy = true;
                     }
                 }
                 record = self.queue.recv(), if self.pending.is_none() => match record {
-                    Some(record) => self.pending = Some(record),
+                    Some(record) => {
+                        let mut batch = Vec::with_capacity(self.queue.len().min(MAX_BATCH) + 1);
+                        batch.push(record);
+                        while batch.len() < MAX_BATCH {
+                            match self.queue.try_recv() {
+                                Ok(record) => batch.push(record),
+                                Err(_) => break,
+                            }
+                        }
+                        self.pending = Some(batch);
+                    }
                     None => break,
                 },
             }

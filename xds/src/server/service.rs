@@ -1,11 +1,8 @@
 //! The gRPC service: the generated `PolicyStream` trait implemented over [`Shared`].
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
 use tokio::sync::{mpsc, watch};
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -18,11 +15,8 @@ use crate::proto::policy_stream_server::{PolicyStream, PolicyStreamServer};
 /// then its own task waits, nobody else's.
 const OUTBOUND_QUEUE: usize = 16;
 
-/// At most this many flow records go to `AgentHooks::flows` in one call.
-const FLOW_BATCH: usize = 512;
-
-/// Decoded messages from clients may be this large (a FlowRecord batch is one record each,
-/// so the default is plenty; kept explicit).
+/// Decoded messages from clients may be this large (a flow batch holds at most a few
+/// hundred records, so this is plenty; kept explicit).
 const MAX_DECODE: usize = 4 * 1024 * 1024;
 
 /// The tonic service behind [`super::PolicyServer`]; get one from
@@ -85,7 +79,7 @@ impl PolicyStream for PolicyService {
 
     async fn report_flows(
         &self,
-        request: Request<Streaming<proto::FlowRecord>>,
+        request: Request<Streaming<proto::FlowBatch>>,
     ) -> Result<Response<proto::FlowReportSummary>, Status> {
         let client = request
             .metadata()
@@ -97,38 +91,23 @@ impl PolicyStream for PolicyService {
         let mut shutdown = self.shutdown.clone();
         let mut summary = proto::FlowReportSummary::default();
         loop {
-            let first = tokio::select! {
+            let next = tokio::select! {
                 _ = shutdown_signal(&mut shutdown) => break,
                 next = inbound.message() => next,
             };
-            let first = match first {
-                Ok(Some(record)) => record,
+            let batch = match next {
+                Ok(Some(batch)) => batch,
                 Ok(None) => break,
                 Err(status) => {
                     tracing::debug!(%client, %status, "flow report stream broke");
                     break;
                 }
             };
-            // Take whatever else has already arrived, so the hook sees batches, not single
-            // records, without waiting for more.
-            let mut batch = vec![first];
-            let mut ended = false;
-            while batch.len() < FLOW_BATCH {
-                match poll_now(&mut inbound) {
-                    Poll::Ready(Some(Ok(record))) => batch.push(record),
-                    Poll::Ready(Some(Err(_)) | None) => {
-                        ended = true;
-                        break;
-                    }
-                    Poll::Pending => break,
-                }
+            if batch.records.is_empty() {
+                continue;
             }
-            let count = batch.len() as u64;
-            summary.received += count;
-            summary.dropped += self.shared.hooks.flows(&client, batch);
-            if ended {
-                break;
-            }
+            summary.received += batch.records.len() as u64;
+            summary.dropped += self.shared.hooks.flows(&client, batch.records);
         }
         tracing::debug!(
             %client,
@@ -156,14 +135,6 @@ impl PolicyStream for PolicyService {
         };
         Ok(Response::new(server.status()))
     }
-}
-
-/// Polls a stream once without waiting: what has already arrived, or `Pending`.
-fn poll_now<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
-    // A no-op waker is fine here: a `Pending` answer is followed by a real `.await`, which
-    // registers the real waker before anyone needs to be woken.
-    let mut cx = Context::from_waker(Waker::noop());
-    Pin::new(stream).poll_next(&mut cx)
 }
 
 /// The peer for logs: a TCP address, or "unix" (unix peers have no useful address).

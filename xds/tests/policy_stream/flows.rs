@@ -70,6 +70,46 @@ async fn the_flow_reporter_is_bounded_counts_drops_and_delivers_when_the_agent_c
     server.stop().await;
 }
 
+// Records queued while the agent was away travel in batches, in order.
+#[tokio::test]
+async fn queued_records_travel_in_batches() {
+    let socket = Socket::new();
+    let reporter = FlowReporter::start_with_backoff(
+        socket.endpoint(),
+        "l7-proxy/test",
+        2000,
+        Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
+    );
+    for i in 0..1000 {
+        assert!(reporter.report(record(i)));
+    }
+    let server = TestServer::start(&socket.path, ready(vec![(IDENTITY, at(1, &[]))]));
+    tokio::time::timeout(WAIT, async {
+        while server.hooks.flows.lock().expect("flows").len() < 1000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("every record arrives");
+    let calls = server
+        .hooks
+        .flow_calls
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (4..=20).contains(&calls),
+        "1000 records in {calls} batches of at most 256"
+    );
+    let flows = server.hooks.flows.lock().expect("flows").clone();
+    let in_order = flows.iter().enumerate().all(|(i, (_, r))| match &r.l7 {
+        Some(proto::flow_record::L7::Http(http)) => http.url == format!("http://web/{i}"),
+        _ => false,
+    });
+    assert!(in_order);
+    assert_eq!(reporter.sent(), 1000);
+    drop(reporter);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn observe_fqdn_round_trip() {
     let socket = Socket::new();

@@ -115,11 +115,15 @@ pub fn ready(types: Vec<(&str, TypeSnapshot)>) -> Snapshot {
 #[derive(Default)]
 pub struct TestHooks {
     pub flows: Mutex<Vec<(String, proto::FlowRecord)>>,
+    /// How many times `flows` was called (one per batch the agent received).
+    pub flow_calls: std::sync::atomic::AtomicUsize,
 }
 
 #[tonic::async_trait]
 impl AgentHooks for TestHooks {
     fn flows(&self, client: &str, records: Vec<proto::FlowRecord>) -> u64 {
+        self.flow_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut flows = self.flows.lock().expect("flows lock");
         flows.extend(records.into_iter().map(|r| (client.to_string(), r)));
         0

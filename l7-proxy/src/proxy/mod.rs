@@ -378,19 +378,13 @@ async fn handle(request: Request<Incoming>, context: RequestContext<'_>) -> Resp
     let host = request_host(&request);
     let method = request.method().clone();
     let protocol = protocol_name(request.version());
-    let headers: Vec<(String, String)> = request
-        .headers()
-        .iter()
-        .filter_map(|(name, value)| {
-            value
-                .to_str()
-                .ok()
-                .map(|v| (name.as_str().to_owned(), v.to_owned()))
-        })
-        .collect();
+    // The request moves upstream before its flow record is written, so the record needs
+    // its own view of the headers: cloning the map shares the values' bytes instead of
+    // copying each into a new string.
+    let headers = request.headers().clone();
     let header_pairs: Vec<(&str, &str)> = headers
         .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .filter_map(|(name, value)| value.to_str().ok().map(|v| (name.as_str(), v)))
         .collect();
     let view = RequestView {
         method: method.as_str(),

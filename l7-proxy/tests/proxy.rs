@@ -252,3 +252,19 @@ async fn http2_prior_knowledge() {
     assert_eq!(again.status(), 200, "the HTTP/2 connection is still usable");
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
+
+// `OPTIONS *` has no path: it is policed as `*` and forwarded in asterisk-form.
+#[tokio::test]
+async fn options_asterisk_is_forwarded_as_sent() {
+    let (up, hits) = upstream().await;
+    let proxy = proxy(rules(&[("OPTIONS", "\\*")])).await;
+    let answer = raw(
+        proxy,
+        up,
+        "OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("OPTIONS *"), "{answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}

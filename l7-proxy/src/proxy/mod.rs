@@ -469,7 +469,15 @@ async fn forward(
     } else {
         conn.original_dst.to_string()
     };
-    parts.uri = match format!("http://{authority}{target}").parse::<Uri>() {
+    // `OPTIONS *` has no path to put in an absolute URI; it goes out as sent, on a
+    // connection of its own.
+    let asterisk = target == "*" && !http2;
+    let uri = if asterisk {
+        "*".to_owned()
+    } else {
+        format!("http://{authority}{target}")
+    };
+    parts.uri = match uri.parse::<Uri>() {
         Ok(uri) => uri,
         Err(e) => {
             let reason = format!("target cannot be forwarded: {e}");
@@ -479,6 +487,10 @@ async fn forward(
     let request = Request::from_parts(parts, body.boxed());
     let sent = if http2 {
         upstream.send_http2(conn.original_dst, request).await
+    } else if asterisk {
+        upstream
+            .send_on_own_connection(conn.original_dst, request)
+            .await
     } else {
         upstream.send_http1(request).await
     };

@@ -96,41 +96,9 @@ pub async fn open(
 
     let dst = context.conn.original_dst;
     let upstream = context.upstream;
-    let stream = match upstream.connect(dst).await {
-        Ok(stream) => stream,
+    let mut upstream_response = match upstream.send_on_own_connection(dst, request).await {
+        Ok(response) => response,
         Err(error) => return failed(&error),
-    };
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await {
-            Ok(pair) => pair,
-            Err(source) => {
-                return failed(&UpstreamError::Exchange {
-                    dst: dst.to_string(),
-                    source,
-                });
-            }
-        };
-    tokio::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%error, "tunnel upstream connection ended");
-        }
-    });
-    let sent =
-        tokio::time::timeout(upstream.response_timeout(), sender.send_request(request)).await;
-    let mut upstream_response = match sent {
-        Err(_) => {
-            return failed(&UpstreamError::Timeout {
-                dst: dst.to_string(),
-                after: upstream.response_timeout(),
-            });
-        }
-        Ok(Err(source)) => {
-            return failed(&UpstreamError::Exchange {
-                dst: dst.to_string(),
-                source,
-            });
-        }
-        Ok(Ok(response)) => response,
     };
     let agreed = match kind {
         TunnelKind::WebSocket => upstream_response.status() == StatusCode::SWITCHING_PROTOCOLS,

@@ -127,6 +127,45 @@ impl Upstream {
             })
     }
 
+    /// Sends one HTTP/1 request on a connection of its own, which stays the request's: for
+    /// tunnels (the connection is upgraded and carries the tunnel) and for requests the
+    /// pool cannot address (`OPTIONS *`).
+    pub async fn send_on_own_connection<B>(
+        &self,
+        dst: SocketAddr,
+        request: Request<B>,
+    ) -> Result<Response<Incoming>, UpstreamError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let exchange = async {
+            let stream = self.connect(dst).await?;
+            let exchange_failed = |source| UpstreamError::Exchange {
+                dst: dst.to_string(),
+                source,
+            };
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake::<_, B>(TokioIo::new(stream))
+                    .await
+                    .map_err(exchange_failed)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.with_upgrades().await {
+                    tracing::debug!(%dst, %error, "upstream connection ended");
+                }
+            });
+            sender.send_request(request).await.map_err(exchange_failed)
+        };
+        match tokio::time::timeout(self.response_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout {
+                dst: dst.to_string(),
+                after: self.response_timeout,
+            }),
+        }
+    }
+
     /// Time allowed until an upstream's response headers arrive.
     pub fn response_timeout(&self) -> Duration {
         self.response_timeout

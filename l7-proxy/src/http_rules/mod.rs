@@ -24,10 +24,14 @@
 
 mod error;
 mod headers;
+mod index;
 mod path;
 mod rule;
+mod shape;
 mod spec;
 
+#[cfg(test)]
+mod index_tests;
 #[cfg(test)]
 mod tests;
 
@@ -38,6 +42,17 @@ pub use rule::{CompiledHttpRule, REGEX_SIZE_LIMIT, RuleFailure};
 pub use spec::{HeaderMatchSpec, HttpRuleSpec, MismatchAction, SecretRef};
 
 use std::fmt;
+
+use index::RuleIndex;
+
+/// Sets with more rules than this get a path index ([`RuleIndex`]); below, trying each
+/// rule in turn is as fast and needs no extra memory.
+const INDEX_MIN_RULES: usize = 9;
+
+/// A denial explains at most this many rules (the first ones), and counts the others:
+/// explaining all 10k rules of a large set would cost more than the decision, on the
+/// path that denied traffic takes.
+pub const MAX_EXPLAINED_RULES: usize = 16;
 
 /// The request as the matcher sees it.
 #[derive(Debug, Clone, Copy)]
@@ -95,10 +110,13 @@ impl HttpVerdict {
 pub enum DenyReason {
     /// The set has no rules. Callers decide wildcarding (SEMANTICS 3.4) before this point.
     NoRules,
-    /// No rule matched: the first unmet condition of each rule, in rule order.
+    /// No rule matched: the first unmet condition of each of the first
+    /// [`MAX_EXPLAINED_RULES`] rules, in rule order.
     NoRuleMatched {
-        /// One entry per rule.
+        /// One entry per explained rule.
         failures: Vec<RuleFailure>,
+        /// How many rules after those were not explained (none of them matched either).
+        omitted: usize,
     },
 }
 
@@ -106,11 +124,16 @@ impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DenyReason::NoRules => f.write_str("no HTTP rules"),
-            DenyReason::NoRuleMatched { failures } => {
+            DenyReason::NoRuleMatched { failures, omitted } => {
                 f.write_str("no HTTP rule matched")?;
                 for (i, failure) in failures.iter().enumerate() {
                     f.write_str(if i == 0 { ": " } else { "; " })?;
                     write!(f, "{failure}")?;
+                }
+                if *omitted > 0 {
+                    f.write_str(if failures.is_empty() { ": " } else { "; " })?;
+                    let rules = if *omitted == 1 { "rule" } else { "rules" };
+                    write!(f, "{omitted} more {rules} not explained")?;
                 }
                 Ok(())
             }
@@ -123,6 +146,8 @@ impl fmt::Display for DenyReason {
 pub struct HttpRuleSet {
     rules: Vec<CompiledHttpRule>,
     has_actions: bool,
+    /// Present for sets of at least [`INDEX_MIN_RULES`] rules.
+    index: Option<RuleIndex>,
 }
 
 impl HttpRuleSet {
@@ -151,7 +176,12 @@ impl HttpRuleSet {
     /// A set of already compiled rules.
     pub fn from_rules(rules: Vec<CompiledHttpRule>) -> Self {
         let has_actions = rules.iter().any(CompiledHttpRule::has_header_actions);
-        HttpRuleSet { rules, has_actions }
+        let index = (rules.len() >= INDEX_MIN_RULES).then(|| RuleIndex::build(&rules));
+        HttpRuleSet {
+            rules,
+            has_actions,
+            index,
+        }
     }
 
     /// `http: [{}]`: every request allowed, through the proxy (SEMANTICS 3.4, 3.5).
@@ -176,6 +206,18 @@ impl HttpRuleSet {
 
     /// Decides one request.
     pub fn evaluate(&self, req: &RequestView<'_>) -> HttpVerdict {
+        self.evaluate_with(req, self.index.as_ref())
+    }
+
+    /// [`HttpRuleSet::evaluate`] trying every rule in turn, whatever the size of the set:
+    /// the plain implementation that tests compare the index against.
+    #[cfg(test)]
+    pub(crate) fn evaluate_linear(&self, req: &RequestView<'_>) -> HttpVerdict {
+        self.evaluate_with(req, None)
+    }
+
+    /// Decides one request; `index` only narrows which rules are tried, never the result.
+    fn evaluate_with(&self, req: &RequestView<'_>, index: Option<&RuleIndex>) -> HttpVerdict {
         // SEMANTICS 4.6, 4.12: normalise first; what cannot be normalised is refused.
         let target = match normalize_target(req.method, req.target) {
             Ok(target) => target,
@@ -209,10 +251,13 @@ impl HttpRuleSet {
 
         if !self.has_actions {
             // No side effects anywhere: the first matching rule decides (SEMANTICS 3.3).
-            let first = self
-                .rules
-                .iter()
-                .position(|rule| rule.first_unmet(method, path, host, req.headers).is_none());
+            let first = match index {
+                Some(index) => index.first_match(&self.rules, method, path, host, req.headers),
+                None => self
+                    .rules
+                    .iter()
+                    .position(|rule| rule.first_unmet(method, path, host, req.headers).is_none()),
+            };
             return match first {
                 Some(rule_index) => HttpVerdict::Allowed {
                     rule_index,
@@ -220,50 +265,33 @@ impl HttpRuleSet {
                     header_edits,
                     logged_mismatches: Vec::new(),
                 },
-                None => {
-                    // Denied: only now spend time on explaining each rule.
-                    let failures = self
-                        .rules
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, rule)| {
-                            let unmet = rule.first_unmet(method, path, host, req.headers)?;
-                            let (field, detail) =
-                                rule.explain(unmet, method, path, host, req.headers);
-                            Some(RuleFailure {
-                                rule_index: i,
-                                field,
-                                detail,
-                            })
-                        })
-                        .collect();
-                    HttpVerdict::Denied {
-                        reason: DenyReason::NoRuleMatched { failures },
-                    }
-                }
+                // Denied: only now spend time on explaining rules.
+                None => HttpVerdict::Denied {
+                    reason: self.explain_denial(method, path, host, req.headers),
+                },
             };
         }
 
         // SEMANTICS 4.8 with Cilium's order: every rule whose conditions hold runs its
-        // mismatch actions on the request as edited so far.
+        // mismatch actions on the request as edited so far. Edits touch headers only, so
+        // a rule whose path cannot match never will: the index may skip it.
         let mut working: Vec<(String, String)> = req
             .headers
             .iter()
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
             .collect();
-        let mut failures = Vec::new();
         let mut logged_mismatches = Vec::new();
         let mut allowed_by = None;
-        for (i, rule) in self.rules.iter().enumerate() {
-            if let Some(unmet) = rule.first_unmet(method, path, host, &working) {
-                if allowed_by.is_none() {
-                    let (field, detail) = rule.explain(unmet, method, path, host, &working);
-                    failures.push(RuleFailure {
-                        rule_index: i,
-                        field,
-                        detail,
-                    });
-                }
+        let candidates = index.map(|index| index.candidates(path));
+        let order: Box<dyn Iterator<Item = usize>> = match &candidates {
+            Some(candidates) => Box::new(candidates.iter().copied()),
+            None => Box::new(0..self.rules.len()),
+        };
+        for i in order {
+            let Some(rule) = self.rules.get(i) else {
+                continue;
+            };
+            if rule.first_unmet(method, path, host, &working).is_some() {
                 continue;
             }
             for action in rule.actions() {
@@ -283,9 +311,42 @@ impl HttpRuleSet {
                 header_edits,
                 logged_mismatches,
             },
+            // No rule matched, so no action ran and the headers are as received: the
+            // explanation sees what each rule saw.
             None => HttpVerdict::Denied {
-                reason: DenyReason::NoRuleMatched { failures },
+                reason: self.explain_denial(method, path, host, req.headers),
             },
+        }
+    }
+
+    /// The first unmet condition of each of the first [`MAX_EXPLAINED_RULES`] rules, for a
+    /// request that no rule matches.
+    fn explain_denial<N: AsRef<str>, V: AsRef<str>>(
+        &self,
+        method: &str,
+        path: &str,
+        host: Option<&str>,
+        headers: &[(N, V)],
+    ) -> DenyReason {
+        let explained = self.rules.len().min(MAX_EXPLAINED_RULES);
+        let failures = self
+            .rules
+            .iter()
+            .take(explained)
+            .enumerate()
+            .filter_map(|(i, rule)| {
+                let unmet = rule.first_unmet(method, path, host, headers)?;
+                let (field, detail) = rule.explain(unmet, method, path, host, headers);
+                Some(RuleFailure {
+                    rule_index: i,
+                    field,
+                    detail,
+                })
+            })
+            .collect();
+        DenyReason::NoRuleMatched {
+            failures,
+            omitted: self.rules.len() - explained,
         }
     }
 }

@@ -6,49 +6,117 @@ use super::error::HttpRuleError;
 use super::headers::{
     CompiledHeaderMatch, HeaderAction, HeaderCheck, compile_header_match, parse_header_entry,
 };
+use super::shape::{Shape, classify};
 use super::spec::{HttpRuleSpec, SecretRef};
 
 /// Largest compiled size of one `method`/`path`/`host` regex. A hostile pattern such as
 /// `\w{1000}{1000}` fails to compile with an error instead of exhausting memory.
 pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
-/// A regex that must match the whole value (SEMANTICS 4.2).
+/// How much smaller than [`REGEX_SIZE_LIMIT`] the anchored regex must compile for the
+/// separate validation build of the bare pattern to be skipped (see [`compile_anchored`]).
+/// The two differ by two assertions and the few states of the unanchored-search prefix,
+/// far less than this.
+const VALIDATION_MARGIN: usize = 64 << 10;
+
+/// How a `method`/`path`/`host` value is compared with its pattern.
 #[derive(Debug, Clone)]
-struct FullMatch {
-    regex: Regex,
-    /// The pattern as written in policy, for explanations.
-    pattern: String,
+pub(crate) enum Matcher {
+    /// The value is one of these strings (the pattern was `/public` or `GET|HEAD`).
+    Exact(Box<[String]>),
+    /// The value starts with one of these strings, followed by anything but `\n` unless
+    /// `dotall` (the pattern was `/v1/.*`).
+    Prefix {
+        prefixes: Box<[String]>,
+        dotall: bool,
+    },
+    /// Any other pattern, compiled as `\A(?:pattern)\z`.
+    Regex(Regex),
+}
+
+/// A pattern that must match the whole value (SEMANTICS 4.2).
+#[derive(Debug, Clone)]
+pub(crate) struct FullMatch {
+    pub(crate) matcher: Matcher,
+    /// The pattern as written in policy, for explanations and the rule set's index.
+    pub(crate) pattern: String,
 }
 
 impl FullMatch {
     /// `None` for an absent or empty pattern: Cilium's Go types cannot tell `""` from
     /// absent, and both place no constraint.
-    fn compile(field: &'static str, pattern: Option<&str>) -> Result<Option<Self>, HttpRuleError> {
+    ///
+    /// Patterns of a simple shape ([`Shape`]) are matched without a regex: they parse, and
+    /// are too small to reach the size limit, so the regex crate would accept them as well.
+    /// `shapes: false` compiles every pattern as a regex (the reference in tests).
+    fn compile(
+        field: &'static str,
+        pattern: Option<&str>,
+        shapes: bool,
+    ) -> Result<Option<Self>, HttpRuleError> {
         let Some(pattern) = pattern.filter(|p| !p.is_empty()) else {
             return Ok(None);
         };
-        let invalid = |e: regex::Error| HttpRuleError::InvalidRegex {
-            field,
-            pattern: pattern.to_owned(),
-            message: one_line(&e),
+        let matcher = match shapes.then(|| classify(pattern)).flatten() {
+            Some(Shape::Exact(values)) => Matcher::Exact(values.into()),
+            Some(Shape::Prefix { prefixes, dotall }) => Matcher::Prefix {
+                prefixes: prefixes.into(),
+                dotall,
+            },
+            None => Matcher::Regex(compile_anchored(field, pattern)?),
         };
-        // The pattern must be valid on its own: `a)|(b` is not, and would otherwise close
-        // the anchoring group below and match unanchored.
-        build(pattern).map_err(invalid)?;
-        let regex = build(&format!(r"\A(?:{pattern})\z")).map_err(invalid)?;
         Ok(Some(FullMatch {
-            regex,
+            matcher,
             pattern: pattern.to_owned(),
         }))
     }
 
-    fn is_match(&self, value: &str) -> bool {
-        self.regex.is_match(value)
+    pub(crate) fn is_match(&self, value: &str) -> bool {
+        match &self.matcher {
+            Matcher::Exact(values) => values.iter().any(|v| v == value),
+            Matcher::Prefix { prefixes, dotall } => prefixes.iter().any(|p| {
+                value
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|rest| *dotall || !rest.contains('\n'))
+            }),
+            Matcher::Regex(regex) => regex.is_match(value),
+        }
     }
 
     fn explain(&self, what: &str, value: &str) -> String {
         format!("{what} {value:?} does not match {:?}", self.pattern)
     }
+}
+
+/// The anchored regex of `pattern`, with the errors (and their order) of the original two
+/// builds: the bare pattern first, then `\A(?:pattern)\z`.
+fn compile_anchored(field: &'static str, pattern: &str) -> Result<Regex, HttpRuleError> {
+    let invalid = |e: regex::Error| HttpRuleError::InvalidRegex {
+        field,
+        pattern: pattern.to_owned(),
+        message: one_line(&e),
+    };
+    let anchored = format!(r"\A(?:{pattern})\z");
+    // The pattern must be valid on its own: `a)|(b` is not, and would otherwise close
+    // the anchoring group below and match unanchored. Parsing (what the regex crate does
+    // first, with the same settings) is enough to tell; a failure is reported with the
+    // regex crate's own error, from the build it would fail.
+    if regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(pattern)
+        .is_err()
+    {
+        build(pattern, REGEX_SIZE_LIMIT).map_err(invalid)?;
+    }
+    // Building the bare pattern as well only checked its compiled size (half the compile
+    // time of 10k regex rules). Skipped when the anchored regex fits with a margin that
+    // covers their difference; near the limit, both builds run as they always did, so
+    // what is refused, and the message, are unchanged.
+    if let Ok(regex) = build(&anchored, REGEX_SIZE_LIMIT - VALIDATION_MARGIN) {
+        return Ok(regex);
+    }
+    build(pattern, REGEX_SIZE_LIMIT).map_err(invalid)?;
+    build(&anchored, REGEX_SIZE_LIMIT).map_err(invalid)
 }
 
 /// The regex crate draws a multi-line caret diagram for syntax errors; error lists and
@@ -64,9 +132,9 @@ fn one_line(e: &regex::Error) -> String {
         )
 }
 
-fn build(pattern: &str) -> Result<Regex, regex::Error> {
+fn build(pattern: &str, size_limit: usize) -> Result<Regex, regex::Error> {
     RegexBuilder::new(pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
+        .size_limit(size_limit)
         .dfa_size_limit(REGEX_SIZE_LIMIT)
         .build()
 }
@@ -130,9 +198,27 @@ impl CompiledHttpRule {
         spec: &HttpRuleSpec,
         secrets: &dyn Fn(&SecretRef) -> Option<String>,
     ) -> Result<Self, HttpRuleError> {
-        let method = FullMatch::compile("method", spec.method.as_deref())?;
-        let path = FullMatch::compile("path", spec.path.as_deref())?;
-        let host = FullMatch::compile("host", spec.host.as_deref())?;
+        Self::compile_inner(spec, secrets, true)
+    }
+
+    /// As [`CompiledHttpRule::compile_with_secrets`], with every pattern a regex: the
+    /// plain implementation that tests compare the shapes and the index against.
+    #[cfg(test)]
+    pub(crate) fn compile_all_regex(
+        spec: &HttpRuleSpec,
+        secrets: &dyn Fn(&SecretRef) -> Option<String>,
+    ) -> Result<Self, HttpRuleError> {
+        Self::compile_inner(spec, secrets, false)
+    }
+
+    fn compile_inner(
+        spec: &HttpRuleSpec,
+        secrets: &dyn Fn(&SecretRef) -> Option<String>,
+        shapes: bool,
+    ) -> Result<Self, HttpRuleError> {
+        let method = FullMatch::compile("method", spec.method.as_deref(), shapes)?;
+        let path = FullMatch::compile("path", spec.path.as_deref(), shapes)?;
+        let host = FullMatch::compile("host", spec.host.as_deref(), shapes)?;
         let mut checks = spec
             .headers
             .iter()
@@ -230,6 +316,11 @@ impl CompiledHttpRule {
 
     pub(crate) fn actions(&self) -> &[HeaderAction] {
         &self.actions
+    }
+
+    /// The `path` pattern, for the rule set's index; `None` matches every path.
+    pub(crate) fn path_match(&self) -> Option<&FullMatch> {
+        self.path.as_ref()
     }
 }
 

@@ -94,6 +94,16 @@ async fn ambiguous_framing_is_refused() {
         "GET /a%2fb HTTP/1.1\r\nHost: x\r\n\r\n",
         "GET /a HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",
         "GET http://user@evil/a HTTP/1.1\r\nHost: evil\r\n\r\n",
+        // Invalid header names, a bare CR, codings other than plain chunked, a length
+        // that is not a plain number, and chunk sizes no server can agree on.
+        "GET /a HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nX-A\x01: v\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+        "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+        "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc",
+        "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n",
+        "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3x\r\nabc\r\n0\r\n\r\n",
     ];
     let mut failures = Vec::new();
     for request in cases {

@@ -12,6 +12,7 @@
 //! closed), and it is closed after `ServerLimits::idle_timeout` without activity.
 
 mod activity;
+mod first_chunk;
 mod framing;
 mod head_scan;
 pub mod response;
@@ -193,6 +194,7 @@ where
     let service = {
         let authorizer = authorizer.clone();
         let state = state.clone();
+        let body_timeout = limits.header_read_timeout;
         hyper::service::service_fn(move |request: Request<Incoming>| {
             let authorizer = authorizer.clone();
             let upstream = upstream.clone();
@@ -215,6 +217,7 @@ where
                     authorizer: &*authorizer,
                     upstream: &upstream,
                     state: &state,
+                    body_timeout,
                 };
                 Ok::<_, Infallible>(handle(request, context).await)
             }
@@ -359,14 +362,13 @@ struct RequestContext<'a> {
     authorizer: &'a dyn RequestAuthorizer,
     upstream: &'a upstream::Upstream,
     state: &'a Arc<activity::ConnState>,
+    /// How long the first chunk of a chunked body may take (see `first_chunk`).
+    body_timeout: Duration,
 }
 
 async fn handle(request: Request<Incoming>, context: RequestContext<'_>) -> Response<ProxyBody> {
     let RequestContext {
-        conn,
-        authorizer,
-        upstream,
-        ..
+        conn, authorizer, ..
     } = context;
     let started = Instant::now();
     if let Err(reason) = framing::check(&request) {
@@ -410,7 +412,7 @@ async fn handle(request: Request<Incoming>, context: RequestContext<'_>) -> Resp
             tracing::trace!(?conn, %target, %rule, "allowed");
             match tunnel_kind {
                 Some(kind) => tunnel::open(request, kind, target, header_edits, &context).await,
-                None => forward(request, conn, target, header_edits, upstream).await,
+                None => forward(request, target, header_edits, &context).await,
             }
         }
     };
@@ -445,13 +447,27 @@ fn protocol_name(version: Version) -> &'static str {
 
 async fn forward(
     request: Request<Incoming>,
-    conn: ConnInfo,
     target: &str,
     header_edits: &[HeaderEdit],
-    upstream: &upstream::Upstream,
+    context: &RequestContext<'_>,
 ) -> (Response<ProxyBody>, Option<&'static str>) {
+    let (conn, upstream) = (context.conn, context.upstream);
     let http2 = request.version() == Version::HTTP_2;
+    let chunked = request
+        .headers()
+        .contains_key(http::header::TRANSFER_ENCODING);
     let (mut parts, body) = request.into_parts();
+    let body = if chunked {
+        match first_chunk::read_first_chunk(body, context.body_timeout).await {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::debug!(?conn, %error, "request body refused");
+                return (response::bad_request(&error.to_string()), None);
+            }
+        }
+    } else {
+        body.boxed()
+    };
     for edit in header_edits {
         apply_edit(&mut parts.headers, edit);
     }
@@ -484,7 +500,7 @@ async fn forward(
             return (response::bad_request(&reason), None);
         }
     };
-    let request = Request::from_parts(parts, body.boxed());
+    let request = Request::from_parts(parts, body);
     let sent = if http2 {
         upstream.send_http2(conn.original_dst, request).await
     } else if asterisk {

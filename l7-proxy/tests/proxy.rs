@@ -7,12 +7,14 @@
 mod common;
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 // SEMANTICS 4.10: 403 with the exact body; the keep-alive connection stays usable; the
@@ -276,5 +278,52 @@ async fn options_asterisk_is_forwarded_as_sent() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("OPTIONS *"), "{answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+// `Expect: 100-continue`: an allowed request gets `100 Continue` once it is being
+// forwarded, then the upstream's answer; a denied one gets its 403 straight away and the
+// client never has to send the body.
+#[tokio::test]
+async fn expect_continue() {
+    let (up, hits) = upstream().await;
+    let proxy = proxy(rules(&[("POST", "/public/.*")])).await;
+
+    let mut stream = connect(proxy, up).await;
+    stream
+        .write_all(b"POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .expect("write head");
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut interim))
+        .await
+        .expect("100 Continue in time")
+        .expect("read");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"hello").await.expect("write body");
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("POST /public/a"), "{answer}");
+
+    let mut stream = connect(proxy, up).await;
+    stream
+        .write_all(b"POST /private HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .expect("write head");
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(
+        answer.starts_with("HTTP/1.1 403"),
+        "no 100 Continue first: {answer}"
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }

@@ -96,8 +96,8 @@ async fn queued_records_travel_in_batches() {
         .flow_calls
         .load(std::sync::atomic::Ordering::SeqCst);
     assert!(
-        (4..=20).contains(&calls),
-        "1000 records in {calls} batches of at most 256"
+        (16..=60).contains(&calls),
+        "1000 records in {calls} batches of at most 64"
     );
     let flows = server.hooks.flows.lock().expect("flows").clone();
     let in_order = flows.iter().enumerate().all(|(i, (_, r))| match &r.l7 {

@@ -176,6 +176,17 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Sends one request and reports whether the connection was closed (or reset) without
+    /// a byte of answer.
+    fn closed_without_answer(&mut self, method: &str, path: &str) -> bool {
+        let request = format!("{method} {path} HTTP/1.1\r\nHost: deathstar\r\n\r\n");
+        let _ = self.0.write_all(request.as_bytes());
+        let mut buf = [0u8; 64];
+        matches!(self.0.read(&mut buf), Ok(0) | Err(_))
+    }
+}
+
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     // Not listening yet counts as "no answer" for the callers that wait.
     let Ok(mut stream) = TcpStream::connect(addr) else {
@@ -245,10 +256,11 @@ fn starwars_through_the_proxy() {
         (200, "Ship landed\n".into())
     );
 
+    // L3/L4 deny: the datapath would drop it, so the proxy closes the connection without
+    // an answer (and counts it).
     let mut xwing = Conn::open(proxy.addr, XWING);
-    assert_eq!(
-        xwing.request("POST", "/v1/request-landing").0,
-        403,
+    assert!(
+        xwing.closed_without_answer("POST", "/v1/request-landing"),
         "L3 deny, fail closed"
     );
 
@@ -270,6 +282,12 @@ fn starwars_through_the_proxy() {
     );
     assert!(
         metrics.contains("l7_proxy_flow_records_dropped 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "l7_proxy_connections_closed_by_policy_total{direction=\"ingress\",when=\"accept\"} 1"
+        ),
         "{metrics}"
     );
     // Flow records reached the agent: two per request (SEMANTICS 8.1).

@@ -18,6 +18,7 @@ mod head_scan;
 pub mod response;
 mod tunnel;
 pub mod upstream;
+mod watch;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -236,7 +237,7 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let result = watch_connection(
+    let result = watch::watch_connection(
         std::pin::pin!(served),
         |served| served.graceful_shutdown(),
         &conn,
@@ -248,7 +249,7 @@ where
     // A tunnel outlives hyper's connection: the upgraded stream is its own now.
     if let Some(tunnel) = state.take_tunnel() {
         let abort = tunnel.abort_handle();
-        watch_tunnel(tunnel, &conn, &*authorizer, &state, limits).await;
+        watch::watch_tunnel(tunnel, &conn, &*authorizer, &state, limits).await;
         abort.abort();
     }
     result.map_err(|source| ConnectionError {
@@ -256,104 +257,6 @@ where
         dst: conn.original_dst,
         source,
     })
-}
-
-type ServeResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// Drives hyper's connection while watching for idleness and for policy changes that
-/// remove the connection's access. Either starts a graceful close (requests in flight
-/// finish, HTTP/2 gets GOAWAY), bounded by `drain_timeout`.
-async fn watch_connection<F>(
-    mut served: std::pin::Pin<&mut F>,
-    shutdown_gracefully: impl Fn(std::pin::Pin<&mut F>),
-    conn: &ConnInfo,
-    authorizer: &dyn RequestAuthorizer,
-    state: &activity::ConnState,
-    limits: &ServerLimits,
-) -> ServeResult
-where
-    F: Future<Output = ServeResult>,
-{
-    let mut updates = authorizer.policy_updates();
-    let mut idle = activity::IdleClock::new(limits.idle_timeout);
-    let mut tick = tokio::time::interval(idle.tick_period());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut drain_deadline: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            result = served.as_mut() => return result,
-            () = next_update(&mut updates), if drain_deadline.is_none() => {
-                if let Admission::Refused { reason } = authorizer.admit(conn) {
-                    tracing::info!(?conn, %reason, "closing a connection the policy no longer allows");
-                    authorizer.closed_by_policy(conn, PolicyClose::Update, &reason);
-                    shutdown_gracefully(served.as_mut());
-                    drain_deadline = Some(tokio::time::Instant::now() + limits.drain_timeout);
-                }
-            }
-            _ = tick.tick(), if drain_deadline.is_none() => {
-                if idle.is_idle(state) {
-                    tracing::debug!(?conn, "closing an idle connection");
-                    shutdown_gracefully(served.as_mut());
-                    drain_deadline = Some(tokio::time::Instant::now() + limits.drain_timeout);
-                }
-            }
-            () = sleep_until_some(drain_deadline) => return Ok(()),
-        }
-    }
-}
-
-/// Waits for a tunnel's copy task while watching the same things as `watch_connection`;
-/// a tunnel whose access was removed, or that stays idle, is cut.
-async fn watch_tunnel(
-    tunnel: tokio::task::JoinHandle<()>,
-    conn: &ConnInfo,
-    authorizer: &dyn RequestAuthorizer,
-    state: &activity::ConnState,
-    limits: &ServerLimits,
-) {
-    let mut tunnel = std::pin::pin!(tunnel);
-    let mut updates = authorizer.policy_updates();
-    let mut idle = activity::IdleClock::new(limits.tunnel_idle_timeout);
-    let mut tick = tokio::time::interval(idle.tick_period());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tunnel.as_mut() => return,
-            () = next_update(&mut updates) => {
-                if let Admission::Refused { reason } = authorizer.admit(conn) {
-                    tracing::info!(?conn, %reason, "closing a tunnel the policy no longer allows");
-                    authorizer.closed_by_policy(conn, PolicyClose::Update, &reason);
-                    return;
-                }
-            }
-            _ = tick.tick() => {
-                if idle.is_idle(state) {
-                    tracing::debug!(?conn, "closing an idle tunnel");
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Resolves on the next policy change; never, once there can be none.
-async fn next_update(updates: &mut Option<tokio::sync::watch::Receiver<()>>) {
-    match updates {
-        Some(receiver) => {
-            if receiver.changed().await.is_err() {
-                *updates = None;
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending::<()>().await,
-    }
-}
-
-async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending::<()>().await,
-    }
 }
 
 /// What a request handler needs from its connection.

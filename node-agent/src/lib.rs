@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cli;
 pub mod compiler;
+pub mod datapath;
 pub mod identity;
 pub mod labels;
 pub mod manifest;

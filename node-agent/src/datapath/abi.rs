@@ -87,7 +87,7 @@ pub const DP_MATCH_ALL: u8 = 4;
 
 /// ipcache (LPM trie) key: IP prefix of either family.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct IpcacheKey {
     /// `DP_IPCACHE_STATIC_PREFIX` + the IP prefix length; LPM tries want it first.
     pub prefixlen: u32,
@@ -101,7 +101,7 @@ pub struct IpcacheKey {
 
 /// ipcache value.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct IpcacheValue {
     /// Security identity of the prefix.
     pub identity: u32,
@@ -134,7 +134,7 @@ pub struct EndpointValue {
 
 /// policy (LPM trie) key: (endpoint, direction, remote identity, protocol, port).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct PolicyKey {
     /// `DP_POLICY_STATIC_PREFIX` (+ 8 with a protocol, + port prefix bits with a port).
     pub prefixlen: u32,
@@ -155,7 +155,7 @@ pub struct PolicyKey {
 
 /// policy value.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct PolicyValue {
     /// `DP_ACT_*`.
     pub action: u8,

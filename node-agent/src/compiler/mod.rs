@@ -526,4 +526,4 @@ fn named_ports(pod: &Pod) -> BTreeMap<String, u16> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

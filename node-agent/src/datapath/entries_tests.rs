@@ -3,27 +3,10 @@
 
 use super::*;
 use crate::compiler::evaluate::{Verdict, evaluate};
-use crate::compiler::{Compiler, EndpointKey, EndpointScope};
+use crate::compiler::tests::{compiler as compile, key};
+use crate::compiler::{Compiler, EndpointKey};
 use crate::datapath::abi::{DP_ACT_NONE, DP_IDENTITY_WORLD};
-use crate::manifest::parse_str;
 use crate::policy::Direction;
-use crate::source::SourceEvent;
-
-const WORLD: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: prod}
----
-apiVersion: v1
-kind: List
-items:
-- {apiVersion: v1, kind: Pod, metadata: {name: web, namespace: prod, labels: {app: web}},
-   spec: {nodeName: n1, containers: [{name: c, image: i}]}, status: {podIP: 10.0.1.1}}
-- {apiVersion: v1, kind: Pod, metadata: {name: client, namespace: prod, labels: {app: client}},
-   spec: {nodeName: n1, containers: [{name: c, image: i}]}, status: {podIP: 10.0.1.2}}
-- {apiVersion: v1, kind: Pod, metadata: {name: db, namespace: prod, labels: {app: db}},
-   spec: {nodeName: n1, containers: [{name: c, image: i}]}, status: {podIP: 10.0.1.3}}
-"#;
 
 const EP: u16 = 7;
 const PORTS: ProxyPorts = ProxyPorts {
@@ -37,24 +20,9 @@ const SCTP: u8 = 132;
 const IN: u8 = DP_DIR_INGRESS;
 const OUT: u8 = DP_DIR_EGRESS;
 
-fn compile(policies: &str) -> Compiler {
-    let mut compiler = Compiler::new(EndpointScope::AllPods);
-    for text in [WORLD, policies] {
-        let parsed = parse_str("test.yaml", text);
-        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-        for object in parsed.objects {
-            compiler.apply(SourceEvent::Applied(object));
-        }
-    }
-    compiler.flush();
-    compiler
-}
-
+/// A pod in `prod` of the compiler tests' world.
 fn ep_key(name: &str) -> EndpointKey {
-    EndpointKey {
-        namespace: "prod".into(),
-        name: name.into(),
-    }
+    key(&format!("prod/{name}"))
 }
 
 fn id(c: &Compiler, name: &str) -> Identity {
@@ -513,8 +481,8 @@ spec:
         got[&cidr_key].identity,
         c.identity_of_ip("192.168.3.4".parse().expect("literal"))
     );
-    // Three pods, one CIDR, two world entries.
-    assert_eq!(got.len(), 6);
+    // The compiler tests' five pods, one CIDR, two world entries.
+    assert_eq!(got.len(), 8);
     // Host bits are cleared; IPv6 uses all 16 bytes.
     let v6 = ipcache_key("2001:db8::1/32".parse().expect("literal"));
     assert_eq!(v6.prefixlen, DP_IPCACHE_STATIC_PREFIX + 32);

@@ -1,6 +1,7 @@
 //! Table-driven checks of the compiled verdicts against SEMANTICS.md, sections 1-3 and 5-6.
 //! Each table names the section it checks: `selection` for section 1 (who is selected),
-//! `merging` for sections 2, 3, 5, 6 and incremental recompilation.
+//! `merging` for sections 2, 3, 5, 6 and incremental recompilation. `compiler` and `key`
+//! also serve the datapath's tests, which start from the same world.
 
 mod merging;
 mod selection;
@@ -43,7 +44,7 @@ items:
    spec: {nodeName: n1, containers: [{name: c, image: i}]}, status: {podIP: 10.0.3.3}}
 "#;
 
-pub(super) fn compiler(policies: &str) -> Compiler {
+pub(crate) fn compiler(policies: &str) -> Compiler {
     let mut compiler = Compiler::new(EndpointScope::AllPods);
     for text in [WORLD, policies] {
         let parsed = parse_str("test.yaml", text);
@@ -56,7 +57,7 @@ pub(super) fn compiler(policies: &str) -> Compiler {
     compiler
 }
 
-pub(super) fn key(text: &str) -> EndpointKey {
+pub(crate) fn key(text: &str) -> EndpointKey {
     EndpointKey::parse(text).expect("NS/NAME")
 }
 

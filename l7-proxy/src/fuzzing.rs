@@ -662,26 +662,7 @@ mod tests {
         }
     }
 
-    /// xorshift64*: deterministic, and enough to scatter mutations.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            // `n` is small; the modulo bias does not matter here.
-            usize::try_from(self.next() % (n.max(1) as u64)).unwrap_or_default()
-        }
-
-        fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
-            items.get(self.below(items.len()))
-        }
-    }
+    use crate::test_rng::Rng;
 
     /// Pieces that build smuggling attempts, so mutations reach normalisation rather
     /// than only breaking the parse.

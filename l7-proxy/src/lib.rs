@@ -1,7 +1,6 @@
-//! Per-node transparent HTTP proxy enforcing CiliumNetworkPolicy HTTP rules.
-//!
-//! For now: the HTTP rule matcher (SEMANTICS 4), shared with the node-agent's validator
-//! and `policy explain`.
+//! Per-node transparent HTTP proxy enforcing CiliumNetworkPolicy HTTP rules. The HTTP rule
+//! matcher (`http_rules`, SEMANTICS 4) is shared with the node-agent's validator and
+//! `policy explain`.
 
 pub mod app;
 pub mod fuzzing;
@@ -15,3 +14,5 @@ pub use http_rules::{
     HttpRuleSetError, HttpRuleSpec, HttpVerdict, MismatchAction, NormalizedTarget, RequestView,
     RuleFailure, SecretRef, TargetError, normalize_target,
 };
+#[cfg(test)]
+mod test_rng;

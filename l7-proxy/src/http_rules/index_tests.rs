@@ -4,29 +4,10 @@
 
 use super::*;
 
-/// A small deterministic generator (xorshift64*), so failures reproduce.
-struct Rng(u64);
+use crate::test_rng::Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        // `n` is a small constant here: the modulo bias does not matter.
-        usize::try_from(self.next() % n.max(1) as u64).unwrap_or(0)
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items.get(self.below(items.len())).copied().unwrap_or("")
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
+fn pick<'a>(rng: &mut Rng, items: &[&'a str]) -> &'a str {
+    rng.pick(items).copied().unwrap_or("")
 }
 
 /// Patterns of every shape: exact, prefix, general regex, with anchors, alternations,
@@ -74,16 +55,16 @@ const HEADERS: &[&str] = &["X-A: 1", "X-A", "x-b: 2"];
 fn random_rule(rng: &mut Rng) -> HttpRuleSpec {
     let mut spec = HttpRuleSpec::default();
     if rng.chance(40) {
-        spec.method = Some(rng.pick(METHODS).to_owned());
+        spec.method = Some(pick(rng, METHODS).to_owned());
     }
     if rng.chance(90) {
-        spec.path = Some(rng.pick(PATHS).to_owned());
+        spec.path = Some(pick(rng, PATHS).to_owned());
     }
     if rng.chance(15) {
-        spec.host = Some(rng.pick(HOSTS).to_owned());
+        spec.host = Some(pick(rng, HOSTS).to_owned());
     }
     if rng.chance(15) {
-        spec.headers.push(rng.pick(HEADERS).to_owned());
+        spec.headers.push(pick(rng, HEADERS).to_owned());
     }
     if rng.chance(8) {
         let mismatch = [
@@ -94,8 +75,8 @@ fn random_rule(rng: &mut Rng) -> HttpRuleSpec {
             Some(MismatchAction::Replace),
         ];
         spec.header_matches.push(HeaderMatchSpec {
-            name: rng.pick(&["X-A", "x-b"]).to_owned(),
-            value: rng.chance(70).then(|| rng.pick(&["1", "2"]).to_owned()),
+            name: pick(rng, &["X-A", "x-b"]).to_owned(),
+            value: rng.chance(70).then(|| pick(rng, &["1", "2"]).to_owned()),
             secret: None,
             mismatch: mismatch.get(rng.below(mismatch.len())).copied().flatten(),
         });
@@ -179,8 +160,8 @@ fn differential(seed: u64, sets: usize, max_rules: usize) {
             .copied()
             .flatten();
             let req = RequestView {
-                method: rng.pick(REQUEST_METHODS),
-                target: rng.pick(TARGETS),
+                method: pick(&mut rng, REQUEST_METHODS),
+                target: pick(&mut rng, TARGETS),
                 host,
                 headers,
             };

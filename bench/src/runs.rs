@@ -99,19 +99,15 @@ pub fn fixed_rate(
     settings: &Settings,
     shuffler: &mut Shuffler,
 ) -> Result<Vec<Sample>> {
-    let mut kept = Vec::new();
-    for round in 0..settings.rounds {
-        for attempt in 0..=settings.max_redos {
-            let mut order = systems.to_vec();
-            shuffler.shuffle(&mut order);
-            let mut samples = Vec::new();
-            for running in order {
-                crate::check_interrupted()?;
-                samples.push(measure(topo, running, case, settings, round)?);
-            }
+    interleaved_rounds(
+        systems,
+        settings,
+        shuffler,
+        |running, round| measure(topo, running, case, settings, round),
+        |samples, round| {
             let steal = samples.iter().map(|s| s.steal_percent).fold(0.0, f64::max);
             let other = samples.iter().map(|s| s.other_percent).fold(0.0, f64::max);
-            for s in &samples {
+            for s in samples {
                 eprintln!(
                     "  {} {} round {round} {:8}: {:7.0} req/s, sut {:6.1} us/req, p50 {:6.0} p99 {:6.0} us, unexpected {}, steal {:.1}%, other {:.0}%",
                     s.bench,
@@ -127,13 +123,39 @@ pub fn fixed_rate(
                 );
             }
             let quiet = steal <= settings.max_steal_percent && other <= settings.max_other_percent;
-            if quiet || attempt == settings.max_redos {
+            if !quiet {
+                eprintln!(
+                    "  round {round}: steal {steal:.1}%, other processes {other:.0}%: redoing it"
+                );
+            }
+            quiet
+        },
+    )
+}
+
+/// Runs `settings.rounds` rounds; each measures every system once, in a fresh random
+/// order, and is redone (up to `max_redos` times) while `quiet` says the machine was busy.
+fn interleaved_rounds<T>(
+    systems: &[&Running],
+    settings: &Settings,
+    shuffler: &mut Shuffler,
+    mut measure_one: impl FnMut(&Running, usize) -> Result<T>,
+    mut quiet: impl FnMut(&[T], usize) -> bool,
+) -> Result<Vec<T>> {
+    let mut kept = Vec::new();
+    for round in 0..settings.rounds {
+        for attempt in 0..=settings.max_redos {
+            let mut order = systems.to_vec();
+            shuffler.shuffle(&mut order);
+            let mut samples = Vec::new();
+            for running in order {
+                crate::check_interrupted()?;
+                samples.push(measure_one(running, round)?);
+            }
+            if quiet(&samples, round) || attempt == settings.max_redos {
                 kept.extend(samples);
                 break;
             }
-            eprintln!(
-                "  round {round}: steal {steal:.1}%, other processes {other:.0}%: redoing it"
-            );
         }
     }
     Ok(kept)
@@ -209,49 +231,46 @@ pub fn saturation(
     settings: &Settings,
     shuffler: &mut Shuffler,
 ) -> Result<Vec<Saturation>> {
-    let mut kept = Vec::new();
-    for round in 0..settings.rounds {
-        for attempt in 0..=settings.max_redos {
-            let mut order = systems.to_vec();
-            shuffler.shuffle(&mut order);
-            let mut samples = Vec::new();
-            for running in order {
-                crate::check_interrupted()?;
-                let machine = MachineCpu::read()?;
-                let sut = procfs::cpu_ticks_sum(&running.sut_pids)?;
-                let wrk = load::wrk(
-                    topo,
-                    running.system.target(),
-                    path,
-                    settings.wrk_duration,
-                    settings.wrk_connections,
-                )?;
-                let sut = procfs::cpu_ticks_sum(&running.sut_pids)? - sut;
-                let steal_percent = machine.steal_percent(&MachineCpu::read()?);
-                eprintln!(
-                    "  saturation {variant} round {round} {:8}: {:7.0} req/s, sut {:5.1} us/req, non-2xx {}, errors {}",
-                    running.system.name(),
-                    wrk.rps,
-                    per_request(sut, wrk.requests, settings),
-                    wrk.non_2xx,
-                    wrk.socket_errors
-                );
-                samples.push(Saturation {
-                    variant: variant.to_owned(),
-                    round,
-                    system: running.system,
-                    sut_us: per_request(sut, wrk.requests, settings),
-                    wrk,
-                    steal_percent,
-                });
-            }
+    interleaved_rounds(
+        systems,
+        settings,
+        shuffler,
+        |running, round| {
+            let machine = MachineCpu::read()?;
+            let sut = procfs::cpu_ticks_sum(&running.sut_pids)?;
+            let wrk = load::wrk(
+                topo,
+                running.system.target(),
+                path,
+                settings.wrk_duration,
+                settings.wrk_connections,
+            )?;
+            let sut = procfs::cpu_ticks_sum(&running.sut_pids)? - sut;
+            let steal_percent = machine.steal_percent(&MachineCpu::read()?);
+            eprintln!(
+                "  saturation {variant} round {round} {:8}: {:7.0} req/s, sut {:5.1} us/req, non-2xx {}, errors {}",
+                running.system.name(),
+                wrk.rps,
+                per_request(sut, wrk.requests, settings),
+                wrk.non_2xx,
+                wrk.socket_errors
+            );
+            Ok(Saturation {
+                variant: variant.to_owned(),
+                round,
+                system: running.system,
+                sut_us: per_request(sut, wrk.requests, settings),
+                wrk,
+                steal_percent,
+            })
+        },
+        |samples, round| {
             let steal = samples.iter().map(|s| s.steal_percent).fold(0.0, f64::max);
-            if steal <= settings.max_steal_percent || attempt == settings.max_redos {
-                kept.extend(samples);
-                break;
+            let quiet = steal <= settings.max_steal_percent;
+            if !quiet {
+                eprintln!("  round {round}: steal {steal:.1}% > 2 %, redoing it");
             }
-            eprintln!("  round {round}: steal {steal:.1}% > 2 %, redoing it");
-        }
-    }
-    Ok(kept)
+            quiet
+        },
+    )
 }

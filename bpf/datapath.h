@@ -51,7 +51,13 @@
  * the mark (a CNI, kube-proxy) keep theirs. */
 #define DP_MARK_MASK 0x0f00
 #define DP_MARK_TO_PROXY 0x0200
+/* Upstream traffic of the egress L7 proxy and of the DNS proxy. */
 #define DP_MARK_FROM_PROXY 0x0300
+/* Upstream traffic of the ingress L7 proxy: the destination's ingress L7 policy has been
+ * enforced, so its redirect verdict lets the packet through. Traffic from the egress proxy
+ * has only been through the source's egress rules and must not pass a redirect verdict of
+ * the destination's ingress. */
+#define DP_MARK_FROM_INGRESS_PROXY 0x0400
 
 /* Map names, as pinned under the agent's per-node folder of /sys/fs/bpf, and their sizes.
  * BPF map names are at most 15 characters. */
@@ -60,11 +66,13 @@
 #define DP_MAP_POLICY "dp_policy"
 #define DP_MAP_CT "dp_ct"
 #define DP_MAP_EVENTS "dp_events"
+#define DP_MAP_LOCAL_IPS "dp_local_ips"
 #define DP_IPCACHE_MAX_ENTRIES 65536
 #define DP_ENDPOINTS_MAX_ENTRIES 4096
 #define DP_POLICY_MAX_ENTRIES 65536
 #define DP_CT_MAX_ENTRIES 262144
 #define DP_EVENTS_RING_BYTES (1 << 20)
+#define DP_LOCAL_IPS_MAX_ENTRIES 8192
 
 /* ---------------------------------------------------------------------------------------
  * ipcache: BPF_MAP_TYPE_LPM_TRIE, IP prefix -> identity.
@@ -142,6 +150,24 @@ struct endpoint_value {
 	__u8 ipv6[16];
 };
 _Static_assert(sizeof(struct endpoint_value) == 28, "endpoint_value size");
+
+/* ---------------------------------------------------------------------------------------
+ * local_ips: BPF_MAP_TYPE_HASH, local endpoint address -> endpoint_key (its device).
+ * Only for where a packet enters the node towards a local endpoint (a local pod's egress,
+ * the uplink): the destination's ingress redirect must be decided there, at a tc ingress
+ * hook, because bpf_sk_assign works only on ingress. The policy itself always comes from
+ * the endpoints map, so a stale address here can at worst miss a redirect, which the
+ * destination's own hook then drops (fail closed).
+ * ------------------------------------------------------------------------------------- */
+struct local_ip_key {
+	/* DP_FAMILY_*. */
+	__u8 family;
+	/* Zero. */
+	__u8 pad[3];
+	/* Network byte order, IPv4 in the first 4 bytes. */
+	__u8 addr[16];
+};
+_Static_assert(sizeof(struct local_ip_key) == 20, "local_ip_key size");
 
 /* ---------------------------------------------------------------------------------------
  * policy: BPF_MAP_TYPE_LPM_TRIE,
@@ -245,7 +271,7 @@ struct ct_key {
 	__u8 saddr[16];
 	__u8 daddr[16];
 	/* Network byte order; 0 for protocols without ports (for ICMP echo the programs put the
-	 * echo id in sport so that replies match). */
+	 * echo id in both, so that the reply's swapped tuple matches). */
 	__be16 sport;
 	__be16 dport;
 	/* IPPROTO_*. */
@@ -265,6 +291,10 @@ _Static_assert(sizeof(struct ct_key) == 40, "ct_key size");
 #define DP_CT_F_REPLY_SEEN (1 << 0)
 /* FIN or RST seen: the agent's GC may reap the entry sooner. */
 #define DP_CT_F_CLOSING (1 << 1)
+/* The flow was opened by a proxy on this node on behalf of the original client (its packets
+ * carry the client's address): replies must be steered to the proxy's socket instead of
+ * being forwarded to the client's address. */
+#define DP_CT_F_PROXY_SOURCED (1 << 2)
 
 struct ct_value {
 	/* bpf_ktime_get_ns() of the last packet in either direction, for the agent's GC. */
@@ -296,6 +326,9 @@ _Static_assert(sizeof(struct ct_value) == 16, "ct_value size");
 #define DP_DROP_DEFAULT_DENY 2   /* "Policy denied": no entry, direction enforced (2.1) */
 #define DP_DROP_PROXY_DOWN 3     /* "Proxy unavailable": redirect with no listener (fail closed) */
 #define DP_DROP_SPOOFED_SOURCE 4 /* "Invalid source ip": egress source is not the pod's */
+/* "No L7 redirect on this path": the destination's ingress redirects this flow, but it
+ * arrived where no redirect is possible (from the host, or from the egress proxy). */
+#define DP_DROP_NO_REDIRECT_PATH 5
 
 /* dp_event.match for policy verdicts: what kind of entry decided (Cilium's match types). */
 #define DP_MATCH_NONE 0   /* no entry: the default of the direction */

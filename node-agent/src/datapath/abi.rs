@@ -29,6 +29,7 @@ pub const DP_IDENTITY_WORLD_IPV6: u32 = crate::identity::reserved::WORLD_IPV6;
 pub const DP_MARK_MASK: u32 = 0x0f00;
 pub const DP_MARK_TO_PROXY: u32 = 0x0200;
 pub const DP_MARK_FROM_PROXY: u32 = 0x0300;
+pub const DP_MARK_FROM_INGRESS_PROXY: u32 = 0x0400;
 
 /// Pinned map names (at most 15 characters, a BPF limit) and sizes.
 pub const DP_MAP_IPCACHE: &str = "dp_ipcache";
@@ -36,11 +37,13 @@ pub const DP_MAP_ENDPOINTS: &str = "dp_endpoints";
 pub const DP_MAP_POLICY: &str = "dp_policy";
 pub const DP_MAP_CT: &str = "dp_ct";
 pub const DP_MAP_EVENTS: &str = "dp_events";
+pub const DP_MAP_LOCAL_IPS: &str = "dp_local_ips";
 pub const DP_IPCACHE_MAX_ENTRIES: u32 = 65536;
 pub const DP_ENDPOINTS_MAX_ENTRIES: u32 = 4096;
 pub const DP_POLICY_MAX_ENTRIES: u32 = 65536;
 pub const DP_CT_MAX_ENTRIES: u32 = 262144;
 pub const DP_EVENTS_RING_BYTES: u32 = 1 << 20;
+pub const DP_LOCAL_IPS_MAX_ENTRIES: u32 = 8192;
 
 /// Bits of `family` + `pad` that every ipcache prefix length includes.
 pub const DP_IPCACHE_STATIC_PREFIX: u32 = 32;
@@ -67,6 +70,7 @@ pub const DP_POLICY_F_VISIBILITY: u8 = 1 << 0;
 /// `ct_value.flags`.
 pub const DP_CT_F_REPLY_SEEN: u8 = 1 << 0;
 pub const DP_CT_F_CLOSING: u8 = 1 << 1;
+pub const DP_CT_F_PROXY_SOURCED: u8 = 1 << 2;
 
 /// `dp_event.type`.
 pub const DP_EVENT_DROP: u8 = 1;
@@ -77,6 +81,7 @@ pub const DP_DROP_POLICY_DENIED: u8 = 1;
 pub const DP_DROP_DEFAULT_DENY: u8 = 2;
 pub const DP_DROP_PROXY_DOWN: u8 = 3;
 pub const DP_DROP_SPOOFED_SOURCE: u8 = 4;
+pub const DP_DROP_NO_REDIRECT_PATH: u8 = 5;
 
 /// `dp_event.match`: which kind of policy entry decided.
 pub const DP_MATCH_NONE: u8 = 0;
@@ -130,6 +135,18 @@ pub struct EndpointValue {
     pub ipv4: [u8; 4],
     /// Network byte order (valid with `DP_EP_HAS_IPV6`).
     pub ipv6: [u8; 16],
+}
+
+/// local_ips (hash) key: a local endpoint's address.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct LocalIpKey {
+    /// `DP_FAMILY_*`.
+    pub family: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+    /// Network byte order, IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
 }
 
 /// policy (LPM trie) key: (endpoint, direction, remote identity, protocol, port).
@@ -286,6 +303,7 @@ mod tests {
             "endpoint_value",
             [endpoint_id, flags, identity, ipv4, ipv6]
         );
+        layout!(out, LocalIpKey, "local_ip_key", [family, pad, addr]);
         layout!(
             out,
             PolicyKey,
@@ -360,6 +378,8 @@ mod tests {
                 DP_MARK_MASK,
                 DP_MARK_TO_PROXY,
                 DP_MARK_FROM_PROXY,
+                DP_MARK_FROM_INGRESS_PROXY,
+                DP_LOCAL_IPS_MAX_ENTRIES,
                 DP_IPCACHE_MAX_ENTRIES,
                 DP_ENDPOINTS_MAX_ENTRIES,
                 DP_POLICY_MAX_ENTRIES,
@@ -378,12 +398,14 @@ mod tests {
                 DP_POLICY_F_VISIBILITY,
                 DP_CT_F_REPLY_SEEN,
                 DP_CT_F_CLOSING,
+                DP_CT_F_PROXY_SOURCED,
                 DP_EVENT_DROP,
                 DP_EVENT_POLICY_VERDICT,
                 DP_DROP_POLICY_DENIED,
                 DP_DROP_DEFAULT_DENY,
                 DP_DROP_PROXY_DOWN,
                 DP_DROP_SPOOFED_SOURCE,
+                DP_DROP_NO_REDIRECT_PATH,
                 DP_MATCH_NONE,
                 DP_MATCH_L3_ONLY,
                 DP_MATCH_L3_L4,
@@ -394,6 +416,7 @@ mod tests {
                 DP_MAP_POLICY,
                 DP_MAP_CT,
                 DP_MAP_EVENTS,
+                DP_MAP_LOCAL_IPS,
             ]
         );
         out

@@ -34,4 +34,7 @@ pub use client::{
     AgentClient, Backoff, ClientBuilder, ClientHandle, ClientStatus, Endpoint, FlowReporter,
     NackStatus, StateWatch, SubscriptionStatus, TypeHandler, Versioned, fetch_status,
 };
-pub use server::{AgentHooks, PolicyServer, PolicyService, Snapshot, TypeSnapshot, bind_unix};
+pub use server::{
+    AgentHooks, EventReceiver, FlowHistory, PolicyServer, PolicyService, Snapshot, TypeSnapshot,
+    bind_unix, flow_matches,
+};

@@ -1,12 +1,22 @@
-//! What the agent does with what proxies report: flow records go into a bounded buffer
-//! (oldest dropped and counted, never blocking a proxy), FQDN observations are recorded.
+//! What the agent does with what proxies and the datapath report: flow records go into a
+//! bounded buffer (oldest dropped and counted, never blocking a proxy) and out to live
+//! listeners (`monitor`, `observe --follow`) through a broadcast channel that never waits
+//! for a slow one; FQDN observations are recorded.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use tokio::sync::broadcast;
 use xds::proto;
-use xds::server::AgentHooks;
+use xds::server::{AgentHooks, EventReceiver, FlowHistory};
+
+use super::events::{self, Names};
+use crate::compiler::Compiler;
+use crate::datapath::abi::DpEvent;
+
+/// Live events a listener may fall behind by before it skips (and is told how many).
+const EVENT_BACKLOG: usize = 4096;
 
 #[derive(Debug)]
 pub struct Hooks {
@@ -14,15 +24,23 @@ pub struct Hooks {
     capacity: usize,
     received: AtomicU64,
     dropped: AtomicU64,
+    /// Sent to while `flows` is locked, so that a reader taking the buffer and a receiver
+    /// together sees every record exactly once.
+    events: broadcast::Sender<Arc<proto::MonitorEvent>>,
+    /// Replaced as a whole after every policy apply.
+    names: RwLock<Arc<Names>>,
 }
 
 impl Hooks {
     pub fn new(capacity: usize) -> Self {
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
         Self {
             flows: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
             capacity,
             received: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            events,
+            names: RwLock::new(Arc::new(Names::default())),
         }
     }
 
@@ -32,25 +50,82 @@ impl Hooks {
             self.dropped.load(Ordering::Relaxed),
         )
     }
+
+    /// Refreshes the names given to flow ends (identity labels, pods by IP) from the
+    /// compiler; called after every policy apply.
+    pub fn update_names(&self, compiler: &Compiler) {
+        let names = Arc::new(Names::from_compiler(compiler));
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
+    }
+
+    fn names(&self) -> Arc<Names> {
+        self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// One event of the datapath's ring buffer: a drop or the policy verdict of a new flow
+    /// becomes a flow record (kept and published). Never blocks on a listener.
+    pub fn datapath_event(&self, event: &DpEvent) {
+        let names = self.names();
+        match events::flow_record(event, &names) {
+            Some((kind, record)) => {
+                let dropped = self.keep(kind, std::iter::once(record));
+                self.dropped.fetch_add(dropped, Ordering::Relaxed);
+            }
+            None => tracing::debug!(?event, "datapath event of an unknown type or family"),
+        }
+    }
+
+    fn lock_flows(&self) -> MutexGuard<'_, VecDeque<proto::FlowRecord>> {
+        // A poisoned lock only means another reporter panicked mid-push; the buffer itself
+        // is still a valid queue.
+        self.flows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Buffers and publishes records; returns how many old ones were dropped for them.
+    fn keep(
+        &self,
+        kind: proto::MonitorType,
+        records: impl IntoIterator<Item = proto::FlowRecord>,
+    ) -> u64 {
+        let mut dropped = 0u64;
+        let mut flows = self.lock_flows();
+        let listening = self.events.receiver_count() > 0;
+        for record in records {
+            if flows.len() >= self.capacity {
+                flows.pop_front();
+                dropped += 1;
+            }
+            if listening {
+                // Fails only when nobody listens any more: nothing to do.
+                let _ = self.events.send(Arc::new(proto::MonitorEvent {
+                    r#type: kind as i32,
+                    flow: Some(record.clone()),
+                    lost: 0,
+                }));
+            }
+            if self.capacity > 0 {
+                flows.push_back(record);
+            }
+        }
+        dropped
+    }
 }
 
 #[tonic::async_trait]
 impl AgentHooks for Hooks {
-    fn flows(&self, client: &str, records: Vec<proto::FlowRecord>) -> u64 {
-        let mut dropped = 0u64;
+    fn flows(&self, client: &str, mut records: Vec<proto::FlowRecord>) -> u64 {
         let count = records.len() as u64;
-        {
-            // A poisoned lock only means another reporter panicked mid-push; the buffer
-            // itself is still a valid queue.
-            let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-            for record in records {
-                if flows.len() >= self.capacity {
-                    flows.pop_front();
-                    dropped += 1;
-                }
-                flows.push_back(record);
+        // Proxies know the pods of their own node only: name the other ends here.
+        let names = self.names();
+        for record in &mut records {
+            for endpoint in [&mut record.source, &mut record.destination]
+                .into_iter()
+                .flatten()
+            {
+                names.fill(endpoint);
             }
         }
+        let dropped = self.keep(proto::MonitorType::L7, records);
         self.received.fetch_add(count, Ordering::Relaxed);
         self.dropped.fetch_add(dropped, Ordering::Relaxed);
         tracing::debug!(client, count, dropped, "flow records received");
@@ -59,6 +134,33 @@ impl AgentHooks for Hooks {
 
     fn flow_counts(&self) -> (u64, u64) {
         self.counts()
+    }
+
+    fn events(&self) -> Option<EventReceiver> {
+        Some(self.events.subscribe())
+    }
+
+    fn flow_history(
+        &self,
+        keep: &(dyn Fn(&proto::FlowRecord) -> bool + Sync),
+        last: Option<usize>,
+        follow: bool,
+    ) -> Option<FlowHistory> {
+        let flows = self.lock_flows();
+        let live = follow.then(|| self.events.subscribe());
+        let mut history: Vec<proto::FlowRecord> = match last {
+            Some(n) => flows
+                .iter()
+                .rev()
+                .filter(|r| keep(r))
+                .take(n)
+                .cloned()
+                .collect(),
+            None => flows.iter().rev().filter(|r| keep(r)).cloned().collect(),
+        };
+        drop(flows);
+        history.reverse();
+        Some((history, live))
     }
 
     async fn observe_fqdn(

@@ -5,6 +5,7 @@
 //! each batch of source events is applied, recompiled incrementally and published as one
 //! new snapshot.
 
+pub mod events;
 mod hooks;
 pub mod snapshot;
 
@@ -53,6 +54,8 @@ pub struct PolicyPipeline {
     compiler: Compiler,
     builder: SnapshotBuilder,
     publish: watch::Sender<Arc<Snapshot>>,
+    /// Told the names of pods and identities after every apply (for flow records).
+    hooks: Option<Arc<Hooks>>,
 }
 
 impl PolicyPipeline {
@@ -62,6 +65,7 @@ impl PolicyPipeline {
             compiler: Compiler::new(EndpointScope::Node(node_name.to_owned())),
             builder: SnapshotBuilder::new(),
             publish,
+            hooks: None,
         };
         (pipeline, snapshots)
     }
@@ -81,6 +85,9 @@ impl PolicyPipeline {
             }
         }
         let changes = self.compiler.flush();
+        if let Some(hooks) = &self.hooks {
+            hooks.update_names(&self.compiler);
+        }
         let changed = self.builder.update(&self.compiler, &changes);
         if synced {
             self.builder.set_ready();
@@ -102,6 +109,11 @@ impl PolicyPipeline {
     pub fn compiler(&self) -> &Compiler {
         &self.compiler
     }
+
+    /// Keeps `hooks`' name table (pods, identity labels) current from now on.
+    pub fn set_hooks(&mut self, hooks: Arc<Hooks>) {
+        self.hooks = Some(hooks);
+    }
 }
 
 fn short_type(type_url: &str) -> &str {
@@ -115,6 +127,7 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let (mut pipeline, snapshots) = PolicyPipeline::new(&config.node_name);
     let hooks = Arc::new(Hooks::new(config.flow_buffer));
+    pipeline.set_hooks(hooks.clone());
     let server = PolicyServer::new(snapshots, hooks);
 
     // Serve first (nothing is sent until the snapshot is ready), so that proxies can

@@ -1,4 +1,5 @@
-//! The agent's unary calls: FQDN observations (dns-proxy) and status (`node-agent status`).
+//! The agent's other calls: FQDN observations (dns-proxy), status (`node-agent status`),
+//! flow records and live events (`node-agent observe` / `monitor`).
 
 use std::time::Duration;
 
@@ -56,7 +57,35 @@ impl AgentClient {
             .map_err(|status| self.rpc_error("Status", status))
     }
 
-    fn rpc_error(&self, rpc: &'static str, status: tonic::Status) -> XdsError {
+    /// The agent's flow records (`node-agent observe`): the held ones, then with `follow`
+    /// the new ones until the stream is dropped.
+    pub async fn observe(
+        &self,
+        request: proto::ObserveRequest,
+    ) -> Result<tonic::Streaming<proto::ObserveResponse>, XdsError> {
+        let mut client = self.client.clone();
+        client
+            .observe(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| self.rpc_error("Observe", status))
+    }
+
+    /// The agent's live events (`node-agent monitor`) until the stream is dropped.
+    pub async fn monitor(
+        &self,
+        request: proto::MonitorRequest,
+    ) -> Result<tonic::Streaming<proto::MonitorEvent>, XdsError> {
+        let mut client = self.client.clone();
+        client
+            .monitor(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| self.rpc_error("Monitor", status))
+    }
+
+    /// An error of a call made through this client (e.g. a stream that broke later).
+    pub fn rpc_error(&self, rpc: &'static str, status: tonic::Status) -> XdsError {
         XdsError::Rpc {
             endpoint: self.endpoint.to_string(),
             rpc,

@@ -5,6 +5,7 @@
 //! has acknowledged and sends the difference, one response per type at a time
 //! (SEMANTICS 9). What each client holds is visible through [`PolicyServer::status`].
 
+mod observe;
 mod registry;
 mod service;
 mod session;
@@ -19,14 +20,21 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
 use crate::XdsError;
 use crate::proto;
 use crate::proto::policy_stream_server::PolicyStreamServer;
+pub use observe::flow_matches;
 use registry::Registry;
 pub use service::PolicyService;
+
+/// A receiver of the agent's live events (see [`AgentHooks::events`]).
+pub type EventReceiver = broadcast::Receiver<Arc<proto::MonitorEvent>>;
+
+/// Held flow records, oldest first, and (when following) the events after them.
+pub type FlowHistory = (Vec<proto::FlowRecord>, Option<EventReceiver>);
 
 /// What the agent publishes: per type, the current version and resources. Replaced as a
 /// whole (`Arc`) through a `tokio::sync::watch` on every change.
@@ -74,6 +82,29 @@ pub trait AgentHooks: Send + Sync + 'static {
     /// Flow records received so far and how many were dropped, for `status`.
     fn flow_counts(&self) -> (u64, u64) {
         (0, 0)
+    }
+
+    /// Live events for `Monitor` (and `Observe` with `follow`): datapath drops and policy
+    /// verdicts, L7 records, published as they arrive. A receiver that falls behind skips
+    /// what it missed and is told how much (the publisher never waits for it). `None`: this
+    /// agent publishes no events (the RPCs answer UNIMPLEMENTED).
+    fn events(&self) -> Option<EventReceiver> {
+        None
+    }
+
+    /// For `Observe`: the held flow records that pass `keep`, the newest `last` of them
+    /// (all if `None`), oldest first; with `follow`, also a receiver of the events published
+    /// after them, taken together with the records so that nothing is missed or repeated.
+    /// Every event with a `flow` published there is also held. `None`: this agent holds no
+    /// records (UNIMPLEMENTED).
+    fn flow_history(
+        &self,
+        keep: &(dyn Fn(&proto::FlowRecord) -> bool + Sync),
+        last: Option<usize>,
+        follow: bool,
+    ) -> Option<FlowHistory> {
+        let _ = (keep, last, follow);
+        None
     }
 }
 

@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{CLIENT_ID_METADATA, Shared, session};
+use super::{CLIENT_ID_METADATA, Shared, observe, session};
 use crate::proto;
 use crate::proto::policy_stream_server::{PolicyStream, PolicyStreamServer};
 
@@ -58,6 +58,8 @@ pub(super) async fn shutdown_signal(shutdown: &mut Option<watch::Receiver<bool>>
 #[tonic::async_trait]
 impl PolicyStream for PolicyService {
     type StreamStream = ReceiverStream<Result<proto::StreamResponse, Status>>;
+    type ObserveStream = observe::ObserveStream;
+    type MonitorStream = observe::MonitorStream;
 
     async fn stream(
         &self,
@@ -134,6 +136,22 @@ impl PolicyStream for PolicyService {
             shared: self.shared.clone(),
         };
         Ok(Response::new(server.status()))
+    }
+
+    async fn observe(
+        &self,
+        request: Request<proto::ObserveRequest>,
+    ) -> Result<Response<Self::ObserveStream>, Status> {
+        let stream = observe::observe(&self.shared, request.into_inner(), self.shutdown.clone())?;
+        Ok(Response::new(stream))
+    }
+
+    async fn monitor(
+        &self,
+        request: Request<proto::MonitorRequest>,
+    ) -> Result<Response<Self::MonitorStream>, Status> {
+        let stream = observe::monitor(&self.shared, request.into_inner(), self.shutdown.clone())?;
+        Ok(Response::new(stream))
     }
 }
 

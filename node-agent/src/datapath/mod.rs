@@ -1,9 +1,19 @@
-//! The kernel datapath (issue 5): the BPF programs of `bpf/` that enforce L3/L4 policy on
-//! each local endpoint's host-side device and redirect policy-selected flows to the proxies.
+//! The kernel datapath (issue 5): the BPF programs of `bpf/datapath.c` that enforce L3/L4
+//! policy on each local endpoint's host-side device and redirect policy-selected flows to
+//! the proxies.
 //!
-//! For now this holds [`abi`], the Rust mirrors of the map keys, values and events defined
-//! in `bpf/datapath.h`, and [`entries`], which turns compiled policy into map entries;
-//! loading, attaching and programming the maps build on them.
+//! - [`abi`]: Rust mirrors of the map keys, values and events of `bpf/datapath.h`;
+//!   [`bytes`] writes and reads them as the kernel stores them.
+//! - [`entries`]: compiled policy -> map entries, and diffs between two sets of entries.
+//! - [`loader`]: loads the object with aya, pins the maps, attaches programs.
+//! - [`system`]: the node's devices, routes and addresses; the proxy redirect's routing.
+//! - [`controller`]: keeps devices and maps in step with the compiler.
 
 pub mod abi;
+pub mod bytes;
+pub mod controller;
 pub mod entries;
+pub mod loader;
+pub mod system;
+
+pub use controller::{Datapath, DatapathConfig, DatapathError, ReconcileReport};

@@ -1,0 +1,316 @@
+//! Keeps the kernel datapath in step with the compiler: which devices carry our programs
+//! and what the maps hold.
+//!
+//! The controller starts from what the maps already hold (a previous agent's entries are
+//! adopted, not cleared), computes the complete desired state after every policy change
+//! (and periodically, for pods whose devices appear later), and writes only the
+//! difference. Writes are ordered so that a half-applied update is never more permissive
+//! than either the old or the new state would be for long: identities and policy entries
+//! first, then endpoints and attachments, deletions last.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use aya::maps::{MapData, RingBuf};
+use aya::programs::TcAttachType;
+use ipnet::IpNet;
+
+use super::abi::{
+    DP_FAMILY_IPV4, DP_FAMILY_IPV6, DP_IDENTITY_HOST, EndpointValue, IpcacheKey, IpcacheValue,
+    LocalIpKey, PolicyKey, PolicyValue,
+};
+use super::entries::{self, ProxyPorts};
+use super::loader::{self, Loaded, LoaderError};
+use super::system::{self, SystemError};
+use crate::compiler::{Compiler, EndpointKey};
+
+/// Default routing table for packets steered to a proxy (Cilium uses the same number).
+pub const DEFAULT_PROXY_TABLE: u32 = 2004;
+
+#[derive(Debug, Clone)]
+pub struct DatapathConfig {
+    /// Folder of pinned maps (one per node).
+    pub pin_dir: PathBuf,
+    /// The proxies' transparent listening ports.
+    pub proxy_ports: ProxyPorts,
+    /// Devices through which traffic from other nodes arrives.
+    pub uplinks: Vec<String>,
+    /// Routing table of the proxy redirect's policy route.
+    pub routing_table: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    System(#[from] SystemError),
+    #[error("uplink device {0} does not exist")]
+    NoUplink(String),
+    #[error("more than 65535 local endpoints")]
+    EndpointIdsExhausted,
+}
+
+/// What one reconcile did (logged, and shown by tests).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub policy_upserts: usize,
+    pub policy_deletes: usize,
+    pub ipcache_upserts: usize,
+    pub ipcache_deletes: usize,
+    pub attached: Vec<String>,
+    pub detached: Vec<String>,
+    /// Local endpoints that have no device yet (no route to their IP).
+    pub without_device: Vec<String>,
+}
+
+impl ReconcileReport {
+    pub fn is_empty(&self) -> bool {
+        *self
+            == Self {
+                without_device: self.without_device.clone(),
+                ..Self::default()
+            }
+    }
+}
+
+#[derive(Debug)]
+pub struct Datapath {
+    loaded: Loaded,
+    config: DatapathConfig,
+    ipcache: BTreeMap<IpcacheKey, IpcacheValue>,
+    policy: BTreeMap<PolicyKey, PolicyValue>,
+    /// ifindex -> endpoint, as in the map.
+    endpoints: BTreeMap<u32, EndpointValue>,
+    local_ips: BTreeMap<LocalIpKey, u32>,
+    /// Devices (ifindex -> name) our pod programs are attached to by this agent.
+    attached: BTreeMap<u32, String>,
+    /// Endpoint ids by pod, stable while the pod lives.
+    ids: BTreeMap<EndpointKey, u16>,
+    uplinks_attached: BTreeMap<u32, String>,
+}
+
+impl Datapath {
+    /// Loads the programs (adopting pinned maps), sets up the proxy routing and attaches
+    /// the uplinks. Pod devices are attached by [`Datapath::reconcile`].
+    pub fn start(config: DatapathConfig) -> Result<Self, DatapathError> {
+        let loaded = Loaded::load(&config.pin_dir)?;
+        system::ensure_proxy_routing(config.routing_table)?;
+        let ipcache = loaded.maps.read_ipcache();
+        let policy = loaded.maps.read_policy();
+        let endpoints = loaded.maps.read_endpoints();
+        let local_ips = loaded.maps.read_local_ips();
+        tracing::info!(
+            pin_dir = %config.pin_dir.display(),
+            adopted_ipcache = ipcache.len(),
+            adopted_policy = policy.len(),
+            adopted_endpoints = endpoints.len(),
+            "datapath loaded"
+        );
+        let mut datapath = Self {
+            loaded,
+            config,
+            ipcache,
+            policy,
+            endpoints,
+            local_ips,
+            attached: BTreeMap::new(),
+            ids: BTreeMap::new(),
+            uplinks_attached: BTreeMap::new(),
+        };
+        datapath.attach_uplinks()?;
+        Ok(datapath)
+    }
+
+    /// The ring buffer of events, for one reader.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.loaded.events.take()
+    }
+
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.loaded.pin_dir
+    }
+
+    fn attach_uplinks(&mut self) -> Result<(), DatapathError> {
+        let links = system::links()?;
+        for name in &self.config.uplinks {
+            let link = links
+                .iter()
+                .find(|l| &l.ifname == name)
+                .ok_or_else(|| DatapathError::NoUplink(name.clone()))?;
+            if self.uplinks_attached.get(&link.ifindex) != Some(name) {
+                self.loaded.attach_uplink(name)?;
+                self.uplinks_attached.insert(link.ifindex, name.clone());
+                tracing::info!(device = %name, "uplink program attached");
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings devices and maps to the compiler's current state.
+    pub fn reconcile(&mut self, compiler: &Compiler) -> Result<ReconcileReport, DatapathError> {
+        let mut report = ReconcileReport::default();
+        let links = system::links()?;
+        let routes = system::routes()?;
+        let node_addresses = system::addresses()?;
+        let ifindex_of: BTreeMap<&str, u32> = links
+            .iter()
+            .map(|l| (l.ifname.as_str(), l.ifindex))
+            .collect();
+        let uplink_names: BTreeSet<&str> = self.config.uplinks.iter().map(String::as_str).collect();
+
+        // Endpoint ids: keep the id a device already has in the map (a restarted agent
+        // must not renumber what the programs use), else the pod's, else the lowest free.
+        let mut used: BTreeSet<u16> = BTreeSet::new();
+        let mut wanted: Vec<(EndpointKey, IpAddr, String, u32)> = Vec::new();
+        for endpoint in compiler.endpoints() {
+            let Some(ip) = endpoint.ip else { continue };
+            let device =
+                system::device_for(&routes, ip).filter(|d| !uplink_names.contains(d) && *d != "lo");
+            let Some((device, ifindex)) =
+                device.and_then(|d| ifindex_of.get(d).map(|i| (d.to_string(), *i)))
+            else {
+                report.without_device.push(endpoint.key.to_string());
+                continue;
+            };
+            wanted.push((endpoint.key.clone(), ip, device, ifindex));
+        }
+        let mut ids: BTreeMap<EndpointKey, u16> = BTreeMap::new();
+        for (key, _, _, ifindex) in &wanted {
+            let id = self
+                .endpoints
+                .get(ifindex)
+                .map(|e| e.endpoint_id)
+                .or_else(|| self.ids.get(key).copied())
+                .filter(|id| *id != 0 && !used.contains(id));
+            if let Some(id) = id {
+                used.insert(id);
+                ids.insert(key.clone(), id);
+            }
+        }
+        for (key, _, _, _) in &wanted {
+            if ids.contains_key(key) {
+                continue;
+            }
+            let id = (1..=u16::MAX)
+                .find(|id| !used.contains(id))
+                .ok_or(DatapathError::EndpointIdsExhausted)?;
+            used.insert(id);
+            ids.insert(key.clone(), id);
+        }
+
+        let mut desired_policy = BTreeMap::new();
+        let mut desired_endpoints = BTreeMap::new();
+        let mut desired_local_ips = BTreeMap::new();
+        let mut desired_devices = BTreeMap::new();
+        for (key, ip, device, ifindex) in &wanted {
+            let (Some(policy), Some(id)) = (compiler.endpoint(key), ids.get(key)) else {
+                continue;
+            };
+            desired_policy.extend(entries::policy_entries(
+                *id,
+                policy,
+                &self.config.proxy_ports,
+            ));
+            desired_endpoints.insert(*ifindex, entries::endpoint_value(*id, policy));
+            desired_local_ips.insert(local_ip_key(*ip), *ifindex);
+            desired_devices.insert(*ifindex, device.clone());
+        }
+        let host_prefixes = node_addresses
+            .iter()
+            .filter(|ip| compiler.pod_by_ip(**ip).is_none())
+            .map(|ip| (IpNet::from(*ip), DP_IDENTITY_HOST));
+        let desired_ipcache = entries::ipcache_entries(compiler.ipcache().chain(host_prefixes));
+
+        // 1. identities and policy entries.
+        let (ipcache_up, ipcache_del) = entries::diff(&self.ipcache, &desired_ipcache);
+        let (policy_up, policy_del) = entries::diff(&self.policy, &desired_policy);
+        for (k, v) in &ipcache_up {
+            self.loaded.maps.put_ipcache(k, v)?;
+            self.ipcache.insert(*k, *v);
+        }
+        for (k, v) in &policy_up {
+            self.loaded.maps.put_policy(k, v)?;
+            self.policy.insert(*k, *v);
+        }
+        // 2. endpoints (before their programs can look them up) and their addresses.
+        let (endpoint_up, endpoint_del) = entries::diff(&self.endpoints, &desired_endpoints);
+        for (ifindex, value) in &endpoint_up {
+            self.loaded.maps.put_endpoint(*ifindex, value)?;
+            self.endpoints.insert(*ifindex, *value);
+        }
+        let (local_up, local_del) = entries::diff(&self.local_ips, &desired_local_ips);
+        for (k, ifindex) in &local_up {
+            self.loaded.maps.put_local_ip(k, *ifindex)?;
+            self.local_ips.insert(*k, *ifindex);
+        }
+        // 3. programs on new devices (or all devices, the first time after a start:
+        // replacing a previous agent's filters with this agent's programs).
+        for (ifindex, device) in &desired_devices {
+            if self.attached.get(ifindex) == Some(device) {
+                continue;
+            }
+            self.loaded.attach_endpoint(device)?;
+            self.attached.insert(*ifindex, device.clone());
+            report.attached.push(device.clone());
+        }
+        // 4. what is gone: programs first, then entries.
+        let gone: Vec<(u32, String)> = self
+            .attached
+            .iter()
+            .filter(|(i, _)| !desired_devices.contains_key(*i))
+            .map(|(i, d)| (*i, d.clone()))
+            .collect();
+        for (ifindex, device) in gone {
+            if ifindex_of.get(device.as_str()) == Some(&ifindex) {
+                loader::detach(&device, TcAttachType::Ingress);
+                loader::detach(&device, TcAttachType::Egress);
+            }
+            self.attached.remove(&ifindex);
+            report.detached.push(device);
+        }
+        for ifindex in &endpoint_del {
+            self.loaded.maps.delete_endpoint(*ifindex)?;
+            self.endpoints.remove(ifindex);
+        }
+        for k in &local_del {
+            self.loaded.maps.delete_local_ip(k)?;
+            self.local_ips.remove(k);
+        }
+        for k in &policy_del {
+            self.loaded.maps.delete_policy(k)?;
+            self.policy.remove(k);
+        }
+        for k in &ipcache_del {
+            self.loaded.maps.delete_ipcache(k)?;
+            self.ipcache.remove(k);
+        }
+        self.ids = ids;
+        report.policy_upserts = policy_up.len();
+        report.policy_deletes = policy_del.len();
+        report.ipcache_upserts = ipcache_up.len();
+        report.ipcache_deletes = ipcache_del.len();
+        Ok(report)
+    }
+
+    /// Endpoint ids by pod, as last programmed.
+    pub fn endpoint_ids(&self) -> &BTreeMap<EndpointKey, u16> {
+        &self.ids
+    }
+}
+
+fn local_ip_key(ip: IpAddr) -> LocalIpKey {
+    let mut key = LocalIpKey::default();
+    match ip {
+        IpAddr::V4(v4) => {
+            key.family = DP_FAMILY_IPV4;
+            key.addr[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            key.family = DP_FAMILY_IPV6;
+            key.addr = v6.octets();
+        }
+    }
+    key
+}

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::Output;
 use super::show::{entry_json, entry_line};
 use crate::compiler::evaluate::{DirectionVerdict, L7Decision, Reason, Verdict, evaluate};
+use crate::compiler::visibility::only_by_visibility;
 use crate::compiler::{Compiler, EndpointKey, EndpointScope};
 use crate::identity::Identity;
 use crate::policy::rule::L7Parser;
@@ -303,6 +304,16 @@ fn explain_side(
     for entry in &result.deciding {
         text.push(format!("    {}", entry_line(entry, direction)));
     }
+    // SEMANTICS 7: policy allows the flow; only the pod's annotation sends it to the proxy.
+    let visibility = match result.verdict {
+        Verdict::AllowedViaProxy => only_by_visibility(result.deciding.iter().copied()),
+        _ => None,
+    };
+    if let Some(items) = &visibility {
+        text.push(format!(
+            "    via the proxy only because of the visibility annotation {items} of {key} (every request allowed, logged)"
+        ));
+    }
     if let (Some(rules), Some(decision)) = (&result.l7, &l7) {
         text.push(format!(
             "    L7 {}: {}{}",
@@ -328,6 +339,7 @@ fn explain_side(
         "verdict": result.verdict.name(),
         "reason": reason,
         "rules": result.deciding.iter().map(|e| entry_json(e)).collect::<Vec<_>>(),
+        "visibility": visibility,
         "l7": result.l7.as_ref().map(|rules| json!({
             "parser": rules.parser,
             "allow_all": rules.allow_all,

@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use serde_json::{Value, json};
 
 use super::Output;
-use crate::compiler::{DirectionPolicy, EndpointPolicy, EndpointScope, L7Policy, PolicyEntry};
-use crate::policy::{Direction, L7Spec};
+use crate::compiler::{
+    DirectionPolicy, EndpointPolicy, EndpointScope, L7Policy, PolicyEntry, PortKey,
+};
+use crate::policy::{Direction, L7Spec, Peer};
 
 pub fn run(manifests: &[PathBuf], node: &str, output: Output) -> anyhow::Result<ExitCode> {
     let (compiler, errors) = super::load_compiler(manifests, EndpointScope::Node(node.to_owned()))?;
@@ -57,6 +59,15 @@ fn print_endpoint(endpoint: &EndpointPolicy) {
 }
 
 fn direction_mode(policy: &DirectionPolicy) -> &'static str {
+    let only_visibility = policy.entries.iter().any(|e| {
+        e.port == PortKey::ANY
+            && e.peer == Peer::Any
+            && e.origins.is_empty()
+            && e.visibility.is_some()
+    });
+    if only_visibility {
+        return "not enforced by policy: everything allowed; the visibility annotation redirects its ports to the proxy";
+    }
     match (policy.enforced, policy.default_deny) {
         (false, _) => "not enforced (no policy selects this endpoint): everything allowed",
         (true, true) => "enforced, default deny",
@@ -73,6 +84,11 @@ pub(super) fn entry_line(entry: &PolicyEntry, direction: Direction) -> String {
         (true, _) => "DENY".to_string(),
         (false, None) => "allow".to_string(),
         (false, Some(l7)) => format!("allow via proxy ({})", l7_summary(l7)),
+    };
+    // SEMANTICS 7: entries that exist or redirect only because of the pod's annotation.
+    let action = match &entry.visibility {
+        Some(items) => format!("{action} by visibility annotation {items}"),
+        None => action,
     };
     let origins: Vec<String> = entry.origins.iter().map(ToString::to_string).collect();
     format!(
@@ -137,6 +153,7 @@ pub(super) fn entry_json(entry: &PolicyEntry) -> Value {
         "identities": if entry.selection.all { json!("all") } else { json!(entry.selection.identities) },
         "action": if entry.deny { "deny" } else if entry.l7.is_some() { "redirect" } else { "allow" },
         "l7": entry.l7.as_ref().map(l7_json),
+        "visibility": entry.visibility,
         "rules": entry.origins.iter().map(|o| json!({
             "kind": o.policy.kind.kind_name(),
             "namespace": o.policy.namespace,

@@ -94,6 +94,9 @@ pub struct PolicyEntry {
     pub deny: bool,
     pub l7: Option<L7Policy>,
     pub origins: Vec<RuleOrigin>,
+    /// Set when this entry exists or redirects only because of the pod's visibility
+    /// annotation (SEMANTICS 7): the annotation item(s), e.g. `<Ingress/80/TCP/HTTP>`.
+    pub visibility: Option<String>,
 }
 
 impl PolicyEntry {
@@ -264,6 +267,7 @@ fn merge(
         deny,
         l7: None,
         origins: Vec::new(),
+        visibility: None,
     });
     let had_l3l4_allow = !entry.origins.is_empty() && entry.l7.is_none();
     entry.add_origin(origin);
@@ -364,6 +368,7 @@ fn wildcard_l3l4_allows(entries: &mut BTreeMap<EntryKey, PolicyEntry>) {
             deny: false,
             l7: None,
             origins: Vec::new(),
+            visibility: None,
         });
         for origin in &source.origins {
             target.add_origin(origin);

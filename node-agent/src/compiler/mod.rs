@@ -6,6 +6,7 @@
 pub mod endpoint;
 pub mod evaluate;
 mod resolve;
+pub mod visibility;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::endpoint::{PeerResolver, Selection, build_direction};
-use super::{Compiler, EndpointKey, EndpointPolicy};
+use super::{Compiler, EndpointKey, EndpointPolicy, visibility};
 use crate::policy::{Direction, Peer, Rule};
 
 /// Resolves peers for one endpoint being compiled.
@@ -64,6 +64,11 @@ impl Compiler {
         let identity = pod.identity;
         let ip = pod.ip;
         let own_ports = pod.named_ports.clone();
+        // SEMANTICS 7: an invalid annotation is ignored for this pod and reported.
+        let (visibility, visibility_note) = match visibility::pod_items(&pod.pod) {
+            Ok(items) => (items, None),
+            Err(note) => (Vec::new(), Some(note)),
+        };
         // A namespaced policy only ever selects pods of its namespace (SEMANTICS 1.4), so
         // the others are skipped without testing their selectors.
         let policies: Vec<_> = self
@@ -86,9 +91,19 @@ impl Compiler {
             compiler: self,
             own_ports,
         };
-        let (ingress, mut notes) = build_direction(Direction::Ingress, &rules, &mut resolver);
-        let (egress, egress_notes) = build_direction(Direction::Egress, &rules, &mut resolver);
+        let (mut ingress, mut notes) = build_direction(Direction::Ingress, &rules, &mut resolver);
+        let (mut egress, egress_notes) = build_direction(Direction::Egress, &rules, &mut resolver);
         notes.extend(egress_notes);
+        notes.extend(visibility_note);
+        if !visibility.is_empty() {
+            let every = resolver.select(&Peer::Any);
+            for (direction, policy) in [
+                (Direction::Ingress, &mut ingress),
+                (Direction::Egress, &mut egress),
+            ] {
+                visibility::apply(direction, policy, &visibility, every.clone(), &mut notes);
+            }
+        }
         Some(EndpointPolicy {
             key: key.clone(),
             ip,

@@ -5,6 +5,7 @@
 
 mod merging;
 mod selection;
+mod visibility;
 
 use std::net::IpAddr;
 

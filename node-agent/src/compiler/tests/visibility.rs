@@ -41,6 +41,16 @@ fn dns(c: &Compiler, endpoint: &str, peer: &str, proto: Protocol, name: &str) ->
     rules.evaluate_dns(name).allowed
 }
 
+/// What `policy explain` reports: the items that alone send the flow to the proxy.
+fn only_visibility(c: &Compiler, endpoint: &str, peer: &str, port: u16) -> Option<String> {
+    let policy = c.endpoint(&key(endpoint)).expect("endpoint compiled");
+    let result = evaluate(&policy.ingress, peer_identity(c, peer), Tcp, port);
+    match result.verdict {
+        Verdict::AllowedViaProxy => visibility::only_by_visibility(result.deciding.iter().copied()),
+        _ => None,
+    }
+}
+
 fn notes(c: &Compiler, endpoint: &str) -> Vec<String> {
     c.endpoint(&key(endpoint)).expect("compiled").notes.clone()
 }
@@ -175,6 +185,10 @@ spec:
     assert!(added.iter().any(|e| e.selection.identities == [client] && !e.origins.is_empty()));
     assert_eq!(web.ingress.entries.iter().filter(|e| e.deny).count(), 1);
     assert!(web.ingress.default_deny);
+
+    // `policy explain` says when the proxy is only there because of the annotation.
+    assert_eq!(only_visibility(&c, "prod/web", "prod/client", 80).as_deref(), Some("<Ingress/80/TCP/HTTP>"));
+    assert_eq!(only_visibility(&c, "prod/web", "prod/client", 81), None);
 }
 
 // SEMANTICS 7.2 with 3.4: ports with L7 rules keep them; visibility adds nothing there.
@@ -204,6 +218,7 @@ spec:
     let web = c.endpoint(&key("prod/web")).expect("compiled");
     assert!(web.ingress.entries.iter().all(|e| e.visibility.is_none()));
     assert!(web.notes.is_empty(), "{:?}", web.notes);
+    assert_eq!(only_visibility(&c, "prod/web", "prod/client", 80), None);
 }
 
 // SEMANTICS 7.1: the legacy name is read when the new one is absent; the new one wins.

@@ -23,7 +23,8 @@ use crate::labels::POD_NAMESPACE_LABEL;
 #[derive(Debug, Default)]
 pub struct Names {
     labels: HashMap<Identity, Arc<[String]>>,
-    pods: HashMap<IpAddr, (String, String)>,
+    /// Pod IP -> (namespace, name, identity).
+    pods: HashMap<IpAddr, (String, String, Identity)>,
 }
 
 impl Names {
@@ -39,11 +40,11 @@ impl Names {
         let pods = compiler
             .ipcache()
             .filter(|(net, _)| net.prefix_len() == net.max_prefix_len())
-            .filter_map(|(net, _)| {
+            .filter_map(|(net, identity)| {
                 let ip = net.addr();
                 compiler
                     .pod_by_ip(ip)
-                    .map(|key| (ip, (key.namespace.clone(), key.name.clone())))
+                    .map(|key| (ip, (key.namespace.clone(), key.name.clone(), identity)))
             })
             .collect();
         Names { labels, pods }
@@ -53,27 +54,32 @@ impl Names {
         self.labels.get(&identity).map(|l| &l[..])
     }
 
-    pub fn pod(&self, ip: IpAddr) -> Option<(&str, &str)> {
+    /// The pod at `ip`: (namespace, name, identity).
+    pub fn pod(&self, ip: IpAddr) -> Option<(&str, &str, Identity)> {
         self.pods
             .get(&ip)
-            .map(|(namespace, name)| (namespace.as_str(), name.as_str()))
+            .map(|(namespace, name, identity)| (namespace.as_str(), name.as_str(), *identity))
     }
 
-    /// Fills in what a flow endpoint lacks (pod, namespace, labels) from the table; what a
-    /// proxy already said stays.
+    /// Fills in what a flow endpoint lacks (pod, namespace, identity of a pod IP, labels)
+    /// from the table; what a proxy already said stays.
     pub fn fill(&self, endpoint: &mut proto::FlowEndpoint) {
+        let pod = endpoint.ip.parse().ok().and_then(|ip| self.pod(ip));
+        if let Some((namespace, name, identity)) = pod {
+            if endpoint.pod_name.is_empty() {
+                endpoint.pod_name = name.to_owned();
+                if endpoint.namespace.is_empty() {
+                    endpoint.namespace = namespace.to_owned();
+                }
+            }
+            if endpoint.identity == 0 {
+                endpoint.identity = identity;
+            }
+        }
         if endpoint.labels.is_empty()
             && let Some(labels) = self.labels(endpoint.identity)
         {
             endpoint.labels = labels.to_vec();
-        }
-        if endpoint.pod_name.is_empty()
-            && let Some((namespace, name)) = endpoint.ip.parse().ok().and_then(|ip| self.pod(ip))
-        {
-            endpoint.pod_name = name.to_owned();
-            if endpoint.namespace.is_empty() {
-                endpoint.namespace = namespace.to_owned();
-            }
         }
         if endpoint.namespace.is_empty()
             && let Some(namespace) = endpoint.labels.iter().find_map(|l| {

@@ -182,3 +182,62 @@ impl AgentHooks for Hooks {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: u32) -> proto::FlowRecord {
+        proto::FlowRecord {
+            verdict: if i.is_multiple_of(2) { "FORWARDED" } else { "DROPPED" }.into(),
+            source: Some(proto::FlowEndpoint {
+                port: i,
+                ..proto::FlowEndpoint::default()
+            }),
+            ..proto::FlowRecord::default()
+        }
+    }
+
+    fn port(record: &proto::FlowRecord) -> u32 {
+        record.source.as_ref().map_or(0, |s| s.port)
+    }
+
+    #[test]
+    fn history_is_the_newest_matching_records_oldest_first() {
+        let hooks = Hooks::new(5);
+        assert_eq!(hooks.flows("p", (0..8).map(record).collect()), 3);
+        let dropped_only = |r: &proto::FlowRecord| r.verdict == "DROPPED";
+        let (history, live) = hooks
+            .flow_history(&dropped_only, Some(2), false)
+            .expect("history");
+        assert_eq!(history.iter().map(port).collect::<Vec<_>>(), vec![5, 7]);
+        assert!(live.is_none());
+        let (all, _) = hooks.flow_history(&|_| true, None, false).expect("history");
+        assert_eq!(
+            all.iter().map(port).collect::<Vec<_>>(),
+            vec![3, 4, 5, 6, 7]
+        );
+        assert_eq!(hooks.counts(), (8, 3));
+    }
+
+    #[tokio::test]
+    async fn a_slow_listener_skips_and_is_told_how_many() {
+        let hooks = Hooks::new(10);
+        let (_, live) = hooks
+            .flow_history(&|_| true, Some(0), true)
+            .expect("history");
+        let mut live = live.expect("a receiver");
+        let total = EVENT_BACKLOG as u32 + 10;
+        for i in 0..total {
+            // Never blocks, however far behind the listener is.
+            hooks.flows("p", vec![record(i)]);
+        }
+        match live.recv().await {
+            Err(broadcast::error::RecvError::Lagged(skipped)) => assert_eq!(skipped, 10),
+            other => panic!("expected a lag, got {other:?}"),
+        }
+        let next = live.recv().await.expect("the oldest event still held");
+        assert_eq!(next.r#type(), proto::MonitorType::L7);
+        assert_eq!(next.flow.as_ref().map(port), Some(10));
+    }
+}

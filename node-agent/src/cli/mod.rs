@@ -2,6 +2,8 @@
 //! the argument definitions and what they share (loading a folder of manifests).
 
 mod explain;
+pub mod monitor;
+pub mod observe;
 mod run;
 mod show;
 mod status;
@@ -44,6 +46,11 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Print a running agent's live events like `cilium monitor`: datapath drops, policy
+    /// verdicts, L7 flow records.
+    Monitor(monitor::MonitorArgs),
+    /// Print a running agent's flow records like `hubble observe`.
+    Observe(observe::ObserveArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +93,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => show::run(&manifests, &node, output),
         Command::Run(args) => run::run(&args),
         Command::Status { xds_socket, output } => status::run(&xds_socket, output),
+        Command::Monitor(args) => monitor::run(&args),
+        Command::Observe(args) => observe::run(&args),
     }
 }
 

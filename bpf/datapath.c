@@ -536,7 +536,7 @@ static __always_inline int source_is_pod(const struct endpoint_value *ep, const 
 	return equal16(p->saddr, ep->ipv6);
 }
 
-SEC("tc")
+SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
 	struct endpoint_value *ep = endpoint_of_device(skb);
@@ -627,7 +627,7 @@ int from_pod(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-SEC("tc")
+SEC("classifier")
 int to_pod(struct __sk_buff *skb)
 {
 	struct endpoint_value *ep = endpoint_of_device(skb);
@@ -684,7 +684,7 @@ int to_pod(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-SEC("tc")
+SEC("classifier")
 int from_netdev(struct __sk_buff *skb)
 {
 	struct pkt p;

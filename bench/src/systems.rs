@@ -222,7 +222,7 @@ fn start_ours(
 
     let mut agent = topology::pinned_in(node_ns, SUT_CPU, &bins.agent, &dir.join("agent.log"))?;
     agent
-        .args(["run", "--node-name", "node1", "--source"])
+        .args(["run", "--no-datapath", "--node-name", "node1", "--source"])
         .arg(format!("dir:{}", manifests.display()))
         .arg("--xds-socket")
         .arg(&socket)

@@ -73,7 +73,7 @@ impl AgentProcess {
     pub fn start_on(node: &str, manifests: &Path, socket: &Path) -> Self {
         let bin = binary("node-agent", "node-agent");
         let child = Command::new(&bin)
-            .args(["run", "--node-name", node, "--source"])
+            .args(["run", "--no-datapath", "--node-name", node, "--source"])
             .arg(format!("dir:{}", manifests.display()))
             .arg("--xds-socket")
             .arg(socket)

@@ -191,7 +191,7 @@ impl Cluster {
         let socket = dir.path().join("agent.sock");
         let mut agent = node.ns.command(binary("node-agent", "node-agent"));
         agent
-            .args(["run", "--node-name", "node1", "--source"])
+            .args(["run", "--no-datapath", "--node-name", "node1", "--source"])
             .arg(format!("dir:{}", manifests.display()))
             .arg("--xds-socket")
             .arg(&socket)

@@ -7,6 +7,7 @@
 
 pub mod events;
 mod hooks;
+mod ring;
 pub mod snapshot;
 
 use std::net::SocketAddr;
@@ -22,7 +23,11 @@ pub use hooks::Hooks;
 use snapshot::SnapshotBuilder;
 
 use crate::compiler::{Compiler, EndpointScope};
+use crate::datapath::{Datapath, DatapathConfig, DatapathError};
 use crate::source::{DirectorySource, SourceError, SourceEvent};
+
+/// How often the datapath is refreshed when no policy event arrives.
+const DATAPATH_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where the agent serves the policy stream unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/sidecarless/agent.sock";
@@ -35,6 +40,8 @@ pub struct AgentConfig {
     pub tcp: Option<SocketAddr>,
     /// How many flow records the agent keeps.
     pub flow_buffer: usize,
+    /// The kernel datapath; `None` runs the policy stream only.
+    pub datapath: Option<DatapathConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +52,8 @@ pub enum AgentError {
     Stream(#[from] xds::XdsError),
     #[error("the source event loop stopped unexpectedly")]
     EventLoop,
+    #[error("datapath: {0}")]
+    Datapath(DatapathError),
 }
 
 /// The part of the agent that owns the compiler: applies source events and publishes
@@ -56,6 +65,9 @@ pub struct PolicyPipeline {
     publish: watch::Sender<Arc<Snapshot>>,
     /// Told the names of pods and identities after every apply (for flow records).
     hooks: Option<Arc<Hooks>>,
+    /// Programmed after every apply once the source is completely read.
+    datapath: Option<Datapath>,
+    ready: bool,
 }
 
 impl PolicyPipeline {
@@ -66,6 +78,8 @@ impl PolicyPipeline {
             builder: SnapshotBuilder::new(),
             publish,
             hooks: None,
+            datapath: None,
+            ready: false,
         };
         (pipeline, snapshots)
     }
@@ -104,6 +118,45 @@ impl PolicyPipeline {
             );
             self.publish.send_replace(snapshot);
         }
+        self.ready |= synced;
+        if changed || synced {
+            self.reconcile_datapath();
+        }
+    }
+
+    /// Brings the datapath to the compiled state. Never before the source has been read
+    /// completely: until then the maps keep what they hold (a previous agent's state), so
+    /// a partial view never replaces a complete one. A failure is logged and retried on
+    /// the next change or refresh; the maps keep their last good state meanwhile.
+    pub fn reconcile_datapath(&mut self) {
+        if !self.ready {
+            return;
+        }
+        let Some(datapath) = self.datapath.as_mut() else {
+            return;
+        };
+        let started = Instant::now();
+        match datapath.reconcile(&self.compiler) {
+            Ok(report) if report.is_empty() => {}
+            Ok(report) => tracing::info!(
+                policy_upserts = report.policy_upserts,
+                policy_deletes = report.policy_deletes,
+                ipcache_upserts = report.ipcache_upserts,
+                ipcache_deletes = report.ipcache_deletes,
+                attached = ?report.attached,
+                detached = ?report.detached,
+                without_device = ?report.without_device,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "datapath programmed"
+            ),
+            Err(error) => {
+                tracing::error!(%error, "programming the datapath failed; retrying on the next change")
+            }
+        }
+    }
+
+    pub fn set_datapath(&mut self, datapath: Datapath) {
+        self.datapath = Some(datapath);
     }
 
     pub fn compiler(&self) -> &Compiler {
@@ -128,6 +181,7 @@ pub async fn run(
     let (mut pipeline, snapshots) = PolicyPipeline::new(&config.node_name);
     let hooks = Arc::new(Hooks::new(config.flow_buffer));
     pipeline.set_hooks(hooks.clone());
+    let hooks_for_events = hooks.clone();
     let server = PolicyServer::new(snapshots, hooks);
 
     // Serve first (nothing is sent until the snapshot is ready), so that proxies can
@@ -152,8 +206,17 @@ pub async fn run(
 
     let mut source = DirectorySource::new(&config.source_dir);
     let dir = config.source_dir.clone();
+    let datapath_config = config.datapath.clone();
+    let ring_hooks = hooks_for_events.clone();
     // Loading and compiling are CPU work: keep them off the async workers.
     let (mut pipeline, source) = tokio::task::spawn_blocking(move || {
+        if let Some(datapath_config) = datapath_config {
+            let mut datapath = Datapath::start(datapath_config).map_err(AgentError::Datapath)?;
+            if let Some(ring) = datapath.take_events() {
+                ring::spawn_reader(ring, ring_hooks);
+            }
+            pipeline.set_datapath(datapath);
+        }
         let events = source.load()?;
         tracing::info!(dir = %dir.display(), objects = events.len(), "source loaded");
         pipeline.apply(events);
@@ -166,10 +229,18 @@ pub async fn run(
     let watch_guard = source.watch(events_tx)?;
     let event_loop = tokio::task::spawn_blocking(move || {
         // Each wake-up drains everything queued, so a burst of edits is one recompile.
-        while let Ok(first) = events_rx.recv() {
-            let mut batch = vec![first];
-            batch.extend(events_rx.try_iter());
-            pipeline.apply(batch);
+        // Without events the datapath is still refreshed now and then: a pod's device
+        // can appear after the pod object (the CNI creates it).
+        loop {
+            match events_rx.recv_timeout(DATAPATH_REFRESH) {
+                Ok(first) => {
+                    let mut batch = vec![first];
+                    batch.extend(events_rx.try_iter());
+                    pipeline.apply(batch);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => pipeline.reconcile_datapath(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
         }
     });
 

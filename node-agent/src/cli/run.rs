@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::agent::{self, AgentConfig};
+use crate::datapath::{self, DatapathConfig, entries::ProxyPorts, loader::DEFAULT_PIN_ROOT};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -26,6 +27,29 @@ pub struct RunArgs {
     /// How many flow records from the proxies the agent keeps.
     #[arg(long, default_value_t = 10_000)]
     pub flow_buffer: usize,
+    /// Run without the kernel datapath (policy stream only: no programs, no maps).
+    #[arg(long)]
+    pub no_datapath: bool,
+    /// Folder of /sys/fs/bpf where this node's maps are pinned
+    /// [default: /sys/fs/bpf/sidecarless/NODE-NAME].
+    #[arg(long)]
+    pub bpf_dir: Option<PathBuf>,
+    /// Device through which traffic from other nodes arrives (repeatable). Gets the
+    /// program that redirects it to the ingress proxy when policy says so.
+    #[arg(long)]
+    pub uplink: Vec<String>,
+    /// Port of l7-proxy's transparent listener for traffic leaving local pods (its --egress).
+    #[arg(long, default_value_t = 15001)]
+    pub http_egress_port: u16,
+    /// Port of l7-proxy's transparent listener for traffic entering local pods (its --ingress).
+    #[arg(long, default_value_t = 15002)]
+    pub http_ingress_port: u16,
+    /// Port of dns-proxy's transparent listener.
+    #[arg(long, default_value_t = 15053)]
+    pub dns_port: u16,
+    /// Routing table for packets steered to a proxy (ip rule fwmark 0x200/0xf00).
+    #[arg(long, default_value_t = datapath::controller::DEFAULT_PROXY_TABLE)]
+    pub proxy_routing_table: u32,
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -44,6 +68,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         socket: args.xds_socket.clone(),
         tcp: args.xds_tcp,
         flow_buffer: args.flow_buffer,
+        datapath: (!args.no_datapath).then(|| DatapathConfig {
+            pin_dir: args
+                .bpf_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT).join(&args.node_name)),
+            proxy_ports: ProxyPorts {
+                http_ingress: args.http_ingress_port,
+                http_egress: args.http_egress_port,
+                dns: args.dns_port,
+            },
+            uplinks: args.uplink.clone(),
+            routing_table: args.proxy_routing_table,
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

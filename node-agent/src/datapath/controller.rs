@@ -28,6 +28,18 @@ use crate::compiler::{Compiler, EndpointKey};
 /// Default routing table for packets steered to a proxy (Cilium uses the same number).
 pub const DEFAULT_PROXY_TABLE: u32 = 2004;
 
+impl From<LoaderError> for DatapathError {
+    fn from(e: LoaderError) -> Self {
+        Self::Loader(e)
+    }
+}
+
+impl From<SystemError> for DatapathError {
+    fn from(e: SystemError) -> Self {
+        Self::System(e)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DatapathConfig {
     /// Folder of pinned maps (one per node).
@@ -42,10 +54,10 @@ pub struct DatapathConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error(transparent)]
-    Loader(#[from] LoaderError),
-    #[error(transparent)]
-    System(#[from] SystemError),
+    #[error("{0}")]
+    Loader(LoaderError),
+    #[error("{0}")]
+    System(SystemError),
     #[error("uplink device {0} does not exist")]
     NoUplink(String),
     #[error("more than 65535 local endpoints")]

@@ -41,38 +41,43 @@ pub const PROG_FROM_NETDEV: &str = "from_netdev";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
-    #[error("creating the pin folder {path}: {source}")]
+    #[error("creating the pin folder {path}: {error}")]
     PinDir {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    #[error("mounting bpffs at {path}: {error} (the agent needs root)")]
+    MountBpffs {
+        path: PathBuf,
+        error: std::io::Error,
     },
     #[error(
-        "loading the BPF object (pin folder {pin_dir}): {source}; the agent needs root, a mounted bpffs at /sys/fs/bpf and a kernel with BTF"
+        "loading the BPF object (pin folder {pin_dir}): {error}; the agent needs root, a mounted bpffs at /sys/fs/bpf and a kernel with BTF"
     )]
     Load {
         pin_dir: PathBuf,
-        source: Box<EbpfError>,
+        error: Box<EbpfError>,
     },
-    #[error("BPF program {name}: {source}")]
+    #[error("BPF program {name}: {error}")]
     Program {
         name: String,
-        source: Box<ProgramError>,
+        error: Box<ProgramError>,
     },
     #[error("BPF object has no program {0}")]
     MissingProgram(&'static str),
     #[error("BPF object has no map {0}")]
     MissingMap(&'static str),
-    #[error("BPF map {name}: {source}")]
+    #[error("BPF map {name}: {error}")]
     Map {
         name: &'static str,
-        source: Box<MapError>,
+        error: Box<MapError>,
     },
-    #[error("attaching {program} to {device} ({hook}): {source}")]
+    #[error("attaching {program} to {device} ({hook}): {error}")]
     Attach {
         program: &'static str,
         device: String,
         hook: &'static str,
-        source: Box<ProgramError>,
+        error: Box<ProgramError>,
     },
 }
 
@@ -110,16 +115,17 @@ impl std::fmt::Debug for Loaded {
 fn map_err(name: &'static str) -> impl Fn(MapError) -> LoaderError {
     move |source| LoaderError::Map {
         name,
-        source: Box::new(source),
+        error: Box::new(source),
     }
 }
 
 impl Loaded {
     /// Loads the object, reusing the maps pinned in `pin_dir` if a previous agent left them.
     pub fn load(pin_dir: &Path) -> Result<Self, LoaderError> {
+        ensure_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir).map_err(|source| LoaderError::PinDir {
             path: pin_dir.to_path_buf(),
-            source,
+            error: source,
         })?;
         let names = [
             DP_MAP_IPCACHE,
@@ -136,13 +142,13 @@ impl Loaded {
         }
         let mut ebpf = loader.load(OBJECT).map_err(|source| LoaderError::Load {
             pin_dir: pin_dir.to_path_buf(),
-            source: Box::new(source),
+            error: Box::new(source),
         })?;
         for name in [PROG_FROM_POD, PROG_TO_POD, PROG_FROM_NETDEV] {
             let program = classifier(&mut ebpf, name)?;
             program.load().map_err(|source| LoaderError::Program {
                 name: name.to_string(),
-                source: Box::new(source),
+                error: Box::new(source),
             })?;
         }
         let mut take =
@@ -190,7 +196,7 @@ impl Loaded {
             program,
             device: device.to_string(),
             hook: hook_name,
-            source: Box::new(source),
+            error: Box::new(source),
         };
         // EEXIST when the device already has its clsact qdisc (ours or a CNI's).
         let _ = aya::programs::tc::qdisc_add_clsact(device);
@@ -222,6 +228,40 @@ impl Loaded {
     }
 }
 
+/// Pins only survive the agent on a bpffs. Many machines mount one at /sys/fs/bpf at boot;
+/// where none is mounted (and the pin folder is under /sys/fs/bpf) the agent mounts it, as
+/// Cilium's agent does. A bpffs mounted in a private mount namespace (`ip netns exec`
+/// makes one) would be a different instance whose pins a restarted agent cannot see, so
+/// run the agent with `nsenter --net=...` rather than `ip netns exec`.
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), LoaderError> {
+    const ROOT: &str = "/sys/fs/bpf";
+    if !pin_dir.starts_with(ROOT) {
+        return Ok(());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS... - FSTYPE SOURCE SUPER
+    let mounted = mounts.lines().any(|line| {
+        let mut fields = line.split(' ');
+        let mount_point = fields.nth(4);
+        let fstype = line
+            .split(" - ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next());
+        mount_point == Some(ROOT) && fstype == Some("bpf")
+    });
+    if mounted {
+        return Ok(());
+    }
+    rustix::mount::mount("bpf", ROOT, "bpf", rustix::mount::MountFlags::empty(), None).map_err(
+        |e| LoaderError::MountBpffs {
+            path: PathBuf::from(ROOT),
+            error: e.into(),
+        },
+    )?;
+    tracing::info!(path = ROOT, "mounted bpffs");
+    Ok(())
+}
+
 fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
@@ -231,7 +271,7 @@ fn classifier<'a>(
         .try_into()
         .map_err(|source| LoaderError::Program {
             name: name.to_string(),
-            source: Box::new(source),
+            error: Box::new(source),
         })
 }
 

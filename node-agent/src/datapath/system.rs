@@ -17,17 +17,14 @@ use super::abi::{DP_MARK_MASK, DP_MARK_TO_PROXY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
-    #[error("running `ip {args}`: {source} (install iproute2)")]
-    Spawn {
-        args: String,
-        source: std::io::Error,
-    },
+    #[error("running `ip {args}`: {error} (install iproute2)")]
+    Spawn { args: String, error: std::io::Error },
     #[error("`ip {args}` failed: {stderr}")]
     Failed { args: String, stderr: String },
-    #[error("`ip {args}` printed JSON we cannot read: {source}")]
+    #[error("`ip {args}` printed JSON we cannot read: {error}")]
     Json {
         args: String,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 }
 
@@ -38,7 +35,7 @@ fn ip(args: &[&str]) -> Result<Vec<u8>, SystemError> {
         .output()
         .map_err(|source| SystemError::Spawn {
             args: joined.clone(),
-            source,
+            error: source,
         })?;
     if !output.status.success() {
         return Err(SystemError::Failed {
@@ -58,7 +55,7 @@ fn ip_json<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Result<T, SystemError
     };
     serde_json::from_slice(text).map_err(|source| SystemError::Json {
         args: args.join(" "),
-        source,
+        error: source,
     })
 }
 

@@ -4,6 +4,7 @@
 mod harness;
 
 mod flows;
+mod observe;
 mod ordering;
 mod restart;
 mod robustness;

@@ -57,9 +57,7 @@ pub fn run(args: &MonitorArgs) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     let endpoint = Endpoint::Unix(args.xds_socket.clone());
     let mut stdout = std::io::stdout().lock();
-    runtime
-        .block_on(monitor(&endpoint, args.request(), &mut stdout, None))
-        .with_context(|| format!("monitoring the agent at {endpoint}"))?;
+    runtime.block_on(monitor(&endpoint, args.request(), &mut stdout, None))?;
     Ok(ExitCode::SUCCESS)
 }
 

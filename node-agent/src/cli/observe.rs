@@ -81,15 +81,13 @@ pub fn run(args: &ObserveArgs) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     let endpoint = Endpoint::Unix(args.xds_socket.clone());
     let mut stdout = std::io::stdout().lock();
-    runtime
-        .block_on(observe(
-            &endpoint,
-            args.request(),
-            args.output,
-            &mut stdout,
-            None,
-        ))
-        .with_context(|| format!("observing flows at {endpoint}"))?;
+    runtime.block_on(observe(
+        &endpoint,
+        args.request(),
+        args.output,
+        &mut stdout,
+        None,
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -189,7 +189,12 @@ mod tests {
 
     fn record(i: u32) -> proto::FlowRecord {
         proto::FlowRecord {
-            verdict: if i.is_multiple_of(2) { "FORWARDED" } else { "DROPPED" }.into(),
+            verdict: if i.is_multiple_of(2) {
+                "FORWARDED"
+            } else {
+                "DROPPED"
+            }
+            .into(),
             source: Some(proto::FlowEndpoint {
                 port: i,
                 ..proto::FlowEndpoint::default()

@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 use l7_proxy::app::{self, Config};
 use l7_proxy::listener::ListenerMode;
 use l7_proxy::proxy::ServerLimits;
-use l7_proxy::proxy::upstream::UpstreamConfig;
+use l7_proxy::proxy::upstream::{UpstreamConfig, UpstreamSource};
 use xds::client::Endpoint;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -18,6 +18,17 @@ enum Mode {
     /// Each connection starts with a PROXY protocol v1/v2 header naming the original
     /// source and destination (for tests, benchmarks, and behind load balancers).
     ProxyProtocol,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Source {
+    /// Connect from the node's own address (the kernel's choice).
+    Node,
+    /// Connect from the client's original source IP (bound with IP_TRANSPARENT; needs
+    /// CAP_NET_ADMIN, and the datapath must route the replies back to the proxy), so the
+    /// destination sees the client's address. Connections are reused only for requests of
+    /// the same client IP to the same destination.
+    Original,
 }
 
 /// Per-node HTTP proxy enforcing CiliumNetworkPolicy HTTP rules.
@@ -35,9 +46,19 @@ struct Args {
     egress: Option<SocketAddr>,
     #[arg(long, value_enum, default_value_t = Mode::Transparent)]
     mode: Mode,
-    /// SO_MARK on upstream connections, so the datapath does not redirect them again.
-    #[arg(long)]
+    /// SO_MARK on upstream connections, so the datapath does not redirect them again
+    /// (for the ingress listener's connections unless --ingress-mark is given). Decimal or
+    /// 0x-prefixed hexadecimal.
+    #[arg(long, value_parser = parse_mark)]
     mark: Option<u32>,
+    /// SO_MARK on upstream connections of connections accepted on the ingress listener,
+    /// so the destination's datapath knows which proxy enforced them. Default: --mark.
+    #[arg(long, value_parser = parse_mark)]
+    ingress_mark: Option<u32>,
+    /// Source address of upstream connections: the node's (node) or the client's original
+    /// source IP (original).
+    #[arg(long, value_enum, default_value_t = Source::Node)]
+    upstream_source: Source,
     /// Admin listener (/metrics, /ready, /config).
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
@@ -66,6 +87,15 @@ struct Args {
     /// it went idle or lost its L3/L4 access.
     #[arg(long, default_value_t = 5)]
     drain_timeout: u64,
+}
+
+/// A socket mark: decimal, or hexadecimal after `0x` (as the datapath writes them).
+fn parse_mark(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?} is not a 32-bit mark: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -110,9 +140,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         upstream: UpstreamConfig {
             mark: args.mark,
+            source: match args.upstream_source {
+                Source::Node => UpstreamSource::Node,
+                Source::Original => UpstreamSource::Original,
+            },
             connect_timeout: Duration::from_secs(args.connect_timeout),
             ..UpstreamConfig::default()
         },
+        ingress_mark: args.ingress_mark.or(args.mark),
         limits: ServerLimits {
             header_read_timeout: Duration::from_secs(args.header_timeout),
             max_header_bytes: args.max_header_bytes,

@@ -29,7 +29,11 @@ pub struct Config {
     pub ingress: Option<SocketAddr>,
     pub egress: Option<SocketAddr>,
     pub mode: ListenerMode,
+    /// Upstream settings; connections of the egress listener carry `upstream.mark`.
     pub upstream: UpstreamConfig,
+    /// `SO_MARK` on upstream connections of the ingress listener (the datapath tells
+    /// ingress-proxy from egress-proxy traffic by its mark).
+    pub ingress_mark: Option<u32>,
     pub limits: ServerLimits,
     pub admin: SocketAddr,
 }
@@ -76,12 +80,18 @@ pub async fn run(
         flows: flows.clone(),
         updates: authorizer::spawn_update_ticker(policies.clone(), identities.clone()),
     });
-    let upstream = Upstream::new(&config.upstream);
+    // One upstream (and pool) per listener: each direction has its own mark, and a pooled
+    // connection carrying one mark must never carry the other direction's requests.
+    let egress_upstream = Upstream::new(&config.upstream);
+    let ingress_upstream = Upstream::new(&UpstreamConfig {
+        mark: config.ingress_mark,
+        ..config.upstream.clone()
+    });
 
     let mut tasks = tokio::task::JoinSet::new();
-    for (direction, addr) in [
-        (Direction::Ingress, config.ingress),
-        (Direction::Egress, config.egress),
+    for (direction, addr, upstream) in [
+        (Direction::Ingress, config.ingress, ingress_upstream),
+        (Direction::Egress, config.egress, egress_upstream),
     ] {
         let Some(addr) = addr else { continue };
         let listener = listener::bind(&ListenerConfig {
@@ -92,7 +102,6 @@ pub async fn run(
         .await?;
         tracing::info!(direction = direction.name(), addr = %listener.local_addr(), mode = ?config.mode, "listening");
         let authorizer = authorizer.clone();
-        let upstream = upstream.clone();
         let limits = config.limits.clone();
         let metrics = metrics.clone();
         tasks.spawn(async move {

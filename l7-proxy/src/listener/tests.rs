@@ -541,6 +541,31 @@ async fn connect_upstream_sets_mark() -> TestResult {
     Ok(())
 }
 
+// The mark is on the socket before it connects, so the SYN already carries it.
+#[tokio::test]
+async fn upstream_socket_is_marked_before_connecting() -> TestResult {
+    for (dst, source) in [
+        (sa("127.0.0.1:80"), Some(sa("127.0.0.3:0"))),
+        (sa("[::1]:80"), None),
+    ] {
+        for mark in [0x300, 0x400] {
+            let options = UpstreamOptions {
+                mark: Some(mark),
+                timeout: LONG,
+                transparent_source: source,
+            };
+            let socket = upstream::upstream_socket(dst, &options)?;
+            assert_eq!(socket2::SockRef::from(&socket).mark()?, mark, "{dst}");
+            if let Some(source) = source {
+                assert_eq!(socket.local_addr()?.ip(), source.ip());
+            }
+        }
+    }
+    let unmarked = upstream::upstream_socket(sa("127.0.0.1:80"), &UpstreamOptions::default())?;
+    assert_eq!(socket2::SockRef::from(&unmarked).mark()?, 0);
+    Ok(())
+}
+
 #[tokio::test]
 async fn connect_upstream_refused_names_destination() -> TestResult {
     let dst = {

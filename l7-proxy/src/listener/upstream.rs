@@ -19,7 +19,7 @@ pub struct UpstreamOptions {
     /// Connect *from* this address (usually the client's original source), binding it with
     /// `IP_TRANSPARENT`/`IPV6_TRANSPARENT` so that a non-local address is allowed. Off by
     /// default: return traffic to a foreign source address only reaches the proxy with
-    /// matching routing, which the datapath does not set up.
+    /// matching routing, which the datapath must set up (`--upstream-source original`).
     pub transparent_source: Option<SocketAddr>,
 }
 
@@ -66,7 +66,11 @@ pub async fn connect_upstream_with(
     }
 }
 
-fn upstream_socket(dst: SocketAddr, options: &UpstreamOptions) -> Result<TcpSocket, ListenerError> {
+/// The socket `connect_upstream_with` connects: mark and source set, not yet connected.
+pub(super) fn upstream_socket(
+    dst: SocketAddr,
+    options: &UpstreamOptions,
+) -> Result<TcpSocket, ListenerError> {
     let fail = |option: &'static str| {
         move |source: std::io::Error| ListenerError::UpstreamSocket {
             dst,

@@ -404,14 +404,13 @@ async fn forward(
         }
     };
     let request = Request::from_parts(parts, body);
+    let (client, dst) = (conn.original_src.ip(), conn.original_dst);
     let sent = if http2 {
-        upstream.send_http2(conn.original_dst, request).await
+        upstream.send_http2(client, dst, request).await
     } else if asterisk {
-        upstream
-            .send_on_own_connection(conn.original_dst, request)
-            .await
+        upstream.send_on_own_connection(client, dst, request).await
     } else {
-        upstream.send_http1(request).await
+        upstream.send_http1(client, dst, request).await
     };
     match sent {
         Ok(response) => (response.map(|b| b.boxed()), None),

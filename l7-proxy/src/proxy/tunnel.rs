@@ -96,7 +96,8 @@ pub async fn open(
 
     let dst = context.conn.original_dst;
     let upstream = context.upstream;
-    let mut upstream_response = match upstream.send_on_own_connection(dst, request).await {
+    let client = context.conn.original_src.ip();
+    let mut upstream_response = match upstream.send_on_own_connection(client, dst, request).await {
         Ok(response) => response,
         Err(error) => return failed(&error),
     };

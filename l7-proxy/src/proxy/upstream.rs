@@ -8,9 +8,16 @@
 //! that way: hyper derives `:authority` from the URI, and it must be what the client sent.
 //! So HTTP/2 requests carry the client's authority in their URI and go out on a
 //! connection looked up by original destination in `Http2Connections`.
+//!
+//! With [`UpstreamSource::Original`] every upstream connection is bound to the client's
+//! original source address (`IP_TRANSPARENT`), so connections are reused per (source,
+//! destination) and never carry another client's requests: the HTTP/1 pool key gets the
+//! source as its userinfo (`127.0.0.3@10.0.0.1:80`, see [`pool_authority`]; hyper sends
+//! HTTP/1 requests in origin form, so the userinfo never leaves the proxy), and
+//! `Http2Connections` is keyed by both.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,12 +29,27 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::ProxyBody;
-use crate::listener::connect_upstream;
+use crate::listener::{ListenerError, UpstreamOptions, connect_upstream_with};
+
+/// The source address of upstream connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UpstreamSource {
+    /// The node's own address, chosen by the kernel.
+    #[default]
+    Node,
+    /// The client's original source IP (port chosen by the kernel), bound with
+    /// `IP_TRANSPARENT`/`IPV6_TRANSPARENT` (needs `CAP_NET_ADMIN`), so the destination and
+    /// its datapath see the client, as behind Cilium's Envoy. Return traffic to that
+    /// address must be routed back to the proxy by the datapath.
+    Original,
+}
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     /// SO_MARK on upstream sockets, so the datapath does not redirect them again.
     pub mark: Option<u32>,
+    /// Which source address upstream connections use.
+    pub source: UpstreamSource,
     pub connect_timeout: Duration,
     /// Time allowed until the upstream's response headers arrive.
     pub response_timeout: Duration,
@@ -38,6 +60,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
             mark: None,
+            source: UpstreamSource::Node,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(90),
@@ -85,6 +108,7 @@ pub struct Upstream {
     http2: Arc<Http2Connections>,
     response_timeout: Duration,
     mark: Option<u32>,
+    source: UpstreamSource,
     connect_timeout: Duration,
 }
 
@@ -93,10 +117,8 @@ impl Upstream {
         let mark = config.mark;
         let connect_timeout = config.connect_timeout;
         let connector = Connector::new(tower::service_fn(move |uri: Uri| async move {
-            let dst = destination(&uri)?;
-            let stream = connect_upstream(dst, mark, connect_timeout)
-                .await
-                .map_err(std::io::Error::other)?;
+            let (source, dst) = pool_route(&uri)?;
+            let stream = open(source, dst, mark, connect_timeout).await?;
             Ok(TokioIo::new(stream))
         }));
         let mut builder = Client::builder(TokioExecutor::new());
@@ -112,14 +134,36 @@ impl Upstream {
             http2: Arc::default(),
             response_timeout: config.response_timeout,
             mark,
+            source: config.source,
             connect_timeout,
         }
     }
 
-    /// A fresh, unpooled connection to `dst` with the same mark and timeout as pooled
-    /// ones: tunnels (WebSocket, CONNECT) take a connection for themselves.
-    pub async fn connect(&self, dst: SocketAddr) -> Result<TcpStream, UpstreamError> {
-        connect_upstream(dst, self.mark, self.connect_timeout)
+    /// The address upstream connections for a client at `client` are bound to, if any.
+    fn source_for(&self, client: IpAddr) -> Option<IpAddr> {
+        match self.source {
+            UpstreamSource::Node => None,
+            UpstreamSource::Original => Some(client),
+        }
+    }
+
+    /// A fresh, unpooled connection to `dst` for a client at `client`, with the same mark,
+    /// source and timeout as pooled ones: tunnels (WebSocket, CONNECT) take a connection
+    /// for themselves.
+    pub async fn connect(
+        &self,
+        client: IpAddr,
+        dst: SocketAddr,
+    ) -> Result<TcpStream, UpstreamError> {
+        self.connect_from(self.source_for(client), dst).await
+    }
+
+    async fn connect_from(
+        &self,
+        source: Option<IpAddr>,
+        dst: SocketAddr,
+    ) -> Result<TcpStream, UpstreamError> {
+        open(source, dst, self.mark, self.connect_timeout)
             .await
             .map_err(|e| UpstreamError::Connect {
                 dst: dst.to_string(),
@@ -132,6 +176,7 @@ impl Upstream {
     /// pool cannot address (`OPTIONS *`).
     pub async fn send_on_own_connection<B>(
         &self,
+        client: IpAddr,
         dst: SocketAddr,
         request: Request<B>,
     ) -> Result<Response<Incoming>, UpstreamError>
@@ -141,7 +186,7 @@ impl Upstream {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let exchange = async {
-            let stream = self.connect(dst).await?;
+            let stream = self.connect(client, dst).await?;
             let exchange_failed = |source| UpstreamError::Exchange {
                 dst: dst.to_string(),
                 source,
@@ -171,27 +216,47 @@ impl Upstream {
         self.response_timeout
     }
 
-    /// Sends an HTTP/1 request whose URI authority is the original destination.
+    /// Sends an HTTP/1 request from a client at `client` to `dst` on a pooled connection.
+    /// The request's URI names the path and query; its scheme and authority are replaced
+    /// by the pool key.
     pub async fn send_http1(
         &self,
-        request: Request<ProxyBody>,
+        client: IpAddr,
+        dst: SocketAddr,
+        mut request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let dst = request
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        self.finish(dst, self.http1.request(request)).await
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(pool_authority(self.source_for(client), dst));
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        match Uri::from_parts(parts) {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(e) => {
+                return Err(UpstreamError::Connect {
+                    dst: dst.to_string(),
+                    reason: format!("no pool address for the request: {e}"),
+                });
+            }
+        }
+        self.finish(dst.to_string(), self.http1.request(request))
+            .await
     }
 
-    /// Sends an HTTP/2 request (its URI carries the client's authority) to `dst`.
+    /// Sends an HTTP/2 request (its URI carries the client's authority) from a client at
+    /// `client` to `dst`.
     pub async fn send_http2(
         &self,
+        client: IpAddr,
         dst: SocketAddr,
         request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let exchange = async {
-            let mut sender = self.http2.sender(dst, self).await?;
+            let mut sender = self
+                .http2
+                .sender(self.source_for(client), dst, self)
+                .await?;
             sender
                 .ready()
                 .await
@@ -236,30 +301,36 @@ impl Upstream {
     }
 }
 
-/// One HTTP/2 connection per original destination, shared by all requests to it; a
-/// closed one is replaced on the next request.
+/// Where an upstream connection goes: its bound source address (`None`: the node's) and
+/// its destination.
+type Route = (Option<IpAddr>, SocketAddr);
+
+/// One HTTP/2 connection per (bound source, original destination), shared by all
+/// requests to it; a closed one is replaced on the next request.
 #[derive(Debug, Default)]
 pub struct Http2Connections {
-    senders: Mutex<HashMap<SocketAddr, SendRequest<ProxyBody>>>,
+    senders: Mutex<HashMap<Route, SendRequest<ProxyBody>>>,
 }
 
 impl Http2Connections {
     async fn sender(
         &self,
+        source: Option<IpAddr>,
         dst: SocketAddr,
         upstream: &Upstream,
     ) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+        let key = (source, dst);
         {
             let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
-            match senders.get(&dst) {
+            match senders.get(&key) {
                 Some(sender) if !sender.is_closed() => return Ok(sender.clone()),
                 Some(_) => {
-                    senders.remove(&dst);
+                    senders.remove(&key);
                 }
                 None => {}
             }
         }
-        let stream = upstream.connect(dst).await?;
+        let stream = upstream.connect_from(source, dst).await?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
@@ -276,20 +347,73 @@ impl Http2Connections {
         self.senders
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(dst, sender.clone());
+            .insert(key, sender.clone());
         Ok(sender)
     }
 }
 
-fn destination(uri: &Uri) -> Result<SocketAddr, std::io::Error> {
-    uri.authority()
-        .and_then(|a| a.as_str().parse().ok())
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("upstream URI {uri} does not name an address"),
-            )
-        })
+/// Opens an upstream connection, bound to `source` (port 0) when given. A socket that
+/// cannot be set up that way (typically a bind without `CAP_NET_ADMIN`, or to an address
+/// the routing does not allow) is logged with both addresses: it is a deployment problem,
+/// not one of this destination.
+async fn open(
+    source: Option<IpAddr>,
+    dst: SocketAddr,
+    mark: Option<u32>,
+    timeout: Duration,
+) -> Result<TcpStream, std::io::Error> {
+    let options = UpstreamOptions {
+        mark,
+        timeout,
+        transparent_source: source.map(|ip| SocketAddr::new(ip, 0)),
+    };
+    let result = connect_upstream_with(dst, &options).await;
+    if let (
+        Err(ListenerError::UpstreamSocket {
+            option,
+            source: error,
+            ..
+        }),
+        Some(src),
+    ) = (&result, source)
+    {
+        tracing::warn!(%src, %dst, option, %error, "upstream socket from the original source failed");
+    }
+    result.map_err(|error| match source {
+        Some(src) => std::io::Error::other(format!("from {src}: {}", error_chain(&error))),
+        None => std::io::Error::other(error),
+    })
+}
+
+/// The HTTP/1 pool's authority for connections from `source` to `dst`: the destination,
+/// with the bound source as userinfo (IPv6 colons written as `-`, which userinfo allows
+/// and no address contains).
+pub fn pool_authority(source: Option<IpAddr>, dst: SocketAddr) -> http::uri::Authority {
+    let text = match source {
+        None => dst.to_string(),
+        Some(ip) => format!("{}@{dst}", ip.to_string().replace(':', "-")),
+    };
+    text.parse()
+        .expect("an address with an address as userinfo is an authority")
+}
+
+/// The (source, destination) of a pool key made by [`pool_authority`].
+fn pool_route(uri: &Uri) -> Result<Route, std::io::Error> {
+    let invalid = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("upstream URI {uri} does not name an address"),
+        )
+    };
+    let authority = uri.authority().ok_or_else(invalid)?.as_str();
+    let (source, dst) = match authority.rsplit_once('@') {
+        None => (None, authority),
+        Some((source, dst)) => {
+            let ip = source.replace('-', ":").parse().map_err(|_| invalid())?;
+            (Some(ip), dst)
+        }
+    };
+    Ok((source, dst.parse().map_err(|_| invalid())?))
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -301,4 +425,112 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, Empty};
+
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn failure<T: std::fmt::Debug>(result: Result<T, UpstreamError>) -> UpstreamError {
+        match result {
+            Ok(value) => panic!("unexpected success: {value:?}"),
+            Err(error) => error,
+        }
+    }
+
+    fn config(mark: Option<u32>, source: UpstreamSource) -> UpstreamConfig {
+        UpstreamConfig {
+            mark,
+            source,
+            connect_timeout: Duration::from_secs(5),
+            ..UpstreamConfig::default()
+        }
+    }
+
+    #[test]
+    fn pool_authority_names_source_and_destination() -> TestResult {
+        let cases: [(Option<IpAddr>, SocketAddr); 4] = [
+            (None, "10.0.0.1:80".parse()?),
+            (Some("127.0.0.3".parse()?), "10.0.0.1:80".parse()?),
+            (Some("fd00::1:2".parse()?), "[fd00::9]:8080".parse()?),
+            (
+                Some("::ffff:10.1.2.3".parse()?),
+                "[::ffff:10.0.0.1]:80".parse()?,
+            ),
+        ];
+        for (source, dst) in cases {
+            let authority = pool_authority(source, dst);
+            let uri: Uri = format!("http://{authority}/x").parse()?;
+            assert_eq!(pool_route(&uri)?, (source, dst), "{authority}");
+        }
+        // Different sources are different pool keys.
+        let dst: SocketAddr = "10.0.0.1:80".parse()?;
+        assert_ne!(
+            pool_authority(Some("10.1.0.3".parse()?), dst),
+            pool_authority(Some("10.1.0.4".parse()?), dst)
+        );
+        assert_ne!(
+            pool_authority(None, dst),
+            pool_authority(Some("10.1.0.4".parse()?), dst)
+        );
+        Ok(())
+    }
+
+    // The mark and the source reach the connections of every kind of request.
+    #[tokio::test]
+    async fn connections_carry_mark_and_original_source() -> TestResult {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let dst = server.local_addr()?;
+        let client: IpAddr = "127.0.0.3".parse()?;
+
+        let original = Upstream::new(&config(Some(0x400), UpstreamSource::Original));
+        let stream = original.connect(client, dst).await?;
+        assert_eq!(socket2::SockRef::from(&stream).mark()?, 0x400);
+        let (_accepted, peer) = server.accept().await?;
+        assert_eq!(peer.ip(), client);
+
+        let node = Upstream::new(&config(Some(0x300), UpstreamSource::Node));
+        let stream = node.connect(client, dst).await?;
+        assert_eq!(socket2::SockRef::from(&stream).mark()?, 0x300);
+        let (_accepted, peer) = server.accept().await?;
+        assert_ne!(peer.ip(), client);
+        Ok(())
+    }
+
+    // A source that cannot be bound is a connect error naming both addresses, for every
+    // kind of connection.
+    #[tokio::test]
+    async fn unbindable_source_is_a_connect_error() -> TestResult {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let dst = server.local_addr()?;
+        // An IPv6 client cannot be the source of a connection to an IPv4 destination.
+        let client: IpAddr = "fd00::3".parse()?;
+        let upstream = Upstream::new(&config(None, UpstreamSource::Original));
+        let named = |error: &UpstreamError| {
+            let text = error.to_string();
+            assert!(matches!(error, UpstreamError::Connect { .. }), "{error:?}");
+            assert!(text.contains(&dst.to_string()), "{text}");
+            assert!(text.contains("fd00::3"), "{text}");
+        };
+        named(&failure(upstream.connect(client, dst).await));
+        let request = || {
+            Request::get("/").body(
+                Empty::<bytes::Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+        };
+        named(&failure(upstream.send_http1(client, dst, request()?).await));
+        named(&failure(upstream.send_http2(client, dst, request()?).await));
+        named(&failure(
+            upstream
+                .send_on_own_connection(client, dst, request()?)
+                .await,
+        ));
+        Ok(())
+    }
 }

@@ -92,6 +92,37 @@ pub async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, hits)
 }
 
+/// An upstream (HTTP/1 and h2c) that answers `METHOD PATH from PEER`, PEER being the
+/// address the request's connection came from, and records the peer of every connection
+/// it accepts.
+pub async fn peer_upstream() -> (SocketAddr, Arc<std::sync::Mutex<Vec<SocketAddr>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = peers.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            seen.lock().expect("peers").push(peer);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let line = format!("{} {} from {peer}", req.method(), req.uri());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(line),
+                        )))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, peers)
+}
+
 /// The proxy on a PROXY-protocol listener.
 pub async fn proxy(authorizer: Arc<dyn RequestAuthorizer>) -> SocketAddr {
     proxy_with(authorizer, ServerLimits::default()).await
@@ -101,6 +132,16 @@ pub async fn proxy(authorizer: Arc<dyn RequestAuthorizer>) -> SocketAddr {
 pub async fn proxy_with(
     authorizer: Arc<dyn RequestAuthorizer>,
     limits: ServerLimits,
+) -> SocketAddr {
+    proxy_with_upstream(authorizer, limits, UpstreamConfig::default()).await
+}
+
+/// The proxy on a PROXY-protocol listener, with `limits` and upstream settings (its
+/// timeouts are replaced by short ones).
+pub async fn proxy_with_upstream(
+    authorizer: Arc<dyn RequestAuthorizer>,
+    limits: ServerLimits,
+    upstream: UpstreamConfig,
 ) -> SocketAddr {
     let listener = listener::bind(&ListenerConfig {
         addr: "127.0.0.1:0".parse().expect("addr"),
@@ -113,7 +154,7 @@ pub async fn proxy_with(
     let upstream = Upstream::new(&UpstreamConfig {
         connect_timeout: Duration::from_secs(2),
         response_timeout: Duration::from_secs(5),
-        ..UpstreamConfig::default()
+        ..upstream
     });
     tokio::spawn(async move {
         listener
@@ -136,10 +177,14 @@ pub async fn proxy_with(
     addr
 }
 
-/// A TCP connection to the proxy that claims to be from `src` to `dst`.
+/// A TCP connection to the proxy that claims to be from 127.0.0.1:40000 to `dst`.
 pub async fn connect(proxy: SocketAddr, dst: SocketAddr) -> TcpStream {
+    connect_from(proxy, "127.0.0.1:40000".parse().expect("addr"), dst).await
+}
+
+/// A TCP connection to the proxy that claims to be from `src` to `dst`.
+pub async fn connect_from(proxy: SocketAddr, src: SocketAddr, dst: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(proxy).await.expect("connect proxy");
-    let src: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
     let header = ppp::v2::Builder::with_addresses(
         ppp::v2::Version::Two | ppp::v2::Command::Proxy,
         ppp::v2::Protocol::Stream,

@@ -1,43 +1,244 @@
 #!/usr/bin/env bash
-# The policy walkthrough on one machine, no cluster: validate the example manifests, then
-# explain flows of the Star Wars, bookinfo and to-google stories, then show what one node
-# enforces. Run from anywhere: bash examples/demo.sh
+# Cilium's Star Wars demo on one machine, no cluster: a node (a network namespace running
+# node-agent with its eBPF datapath and l7-proxy) and three pods (namespaces wired to it by
+# veth pairs): the deathstar (a real HTTP server on port 80), tiefighter and xwing. It
+# applies the L3/L4 policy, then the L7 policy, and checks every outcome the story tells.
+#
+# Run as root from anywhere: bash examples/demo.sh    (exit 0: every step behaved)
+# The offline policy walkthrough (validate / explain / show) is examples/explain.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 
-cargo build --quiet -p node-agent
-agent=target/debug/node-agent
-
+bold() { printf '\033[1m%s\033[0m\n' "$*"; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*"; "$@" || true; }
+die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
-step "Validate every example manifest"
-run "$agent" policy validate examples
+# --- prerequisites -----------------------------------------------------------------------
+[ "$(id -u)" = 0 ] || die "run as root (it creates network namespaces and loads eBPF programs): sudo -E bash examples/demo.sh"
+missing=()
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("$1 (Debian package $2)"); }
+need cargo "rustup: https://rustup.rs, or cargo"
+need clang clang
+need ip iproute2
+need tc iproute2
+need nsenter util-linux
+need curl curl
+need python3 python3
+multiarch=$(gcc -print-multiarch 2>/dev/null || echo "$(uname -m)-linux-gnu")
+for header in bpf/bpf_helpers.h linux/bpf.h; do
+    [ -e "/usr/include/$header" ] || [ -e "/usr/include/$multiarch/$header" ] ||
+        missing+=("<$header> (Debian packages libbpf-dev linux-libc-dev)")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    printf 'demo: missing prerequisites:\n' >&2
+    printf '  - %s\n' "${missing[@]}" >&2
+    die "install them, e.g.: apt-get install clang libbpf-dev linux-libc-dev iproute2 util-linux curl python3"
+fi
 
-step "Star Wars, L3/L4 policy: only the empire may reach the deathstar on 80/TCP"
-sw=(--manifests examples/starwars/pods.yaml)
-run "$agent" policy explain "${sw[@]}" --manifests examples/starwars/sw_l3_l4_policy.yaml \
-    --from default/tiefighter --to default/deathstar --port 80/TCP
-run "$agent" policy explain "${sw[@]}" --manifests examples/starwars/sw_l3_l4_policy.yaml \
-    --from default/xwing --to default/deathstar --port 80/TCP
+step "Build the agent and the proxy"
+echo "\$ cargo build -p node-agent -p l7-proxy"
+cargo build --quiet -p node-agent -p l7-proxy
+agent=$root/target/debug/node-agent
+proxy=$root/target/debug/l7-proxy
 
-step "Star Wars, L7 policy: tiefighter may land, but not touch the exhaust port"
-run "$agent" policy explain "${sw[@]}" --manifests examples/starwars/sw_l3_l4_l7_policy.yaml \
-    --from default/tiefighter --to default/deathstar --port 80/TCP --http "POST /v1/request-landing"
-run "$agent" policy explain "${sw[@]}" --manifests examples/starwars/sw_l3_l4_l7_policy.yaml \
-    --from default/tiefighter --to default/deathstar --port 80/TCP --http "PUT /v1/exhaust-port"
+# --- names, and cleanup whatever happens ---------------------------------------------------
+id=$$
+node=sw-node-$id
+work=$(mktemp -d "/tmp/sidecarless-demo-$id.XXXX")
+manifests=$work/manifests
+sock=$work/agent.sock
+bpf_dir=/sys/fs/bpf/sidecarless/demo-$id
+pids=()
+namespaces=()
 
-step "Bookinfo: productpage may GET reviews; details gets a 403"
-run "$agent" policy explain --manifests examples/bookinfo \
-    --from bookinfo/productpage-v1 --to bookinfo/reviews-v1 --port 9080/TCP --http "GET /reviews/0"
-run "$agent" policy explain --manifests examples/bookinfo \
-    --from bookinfo/details-v1 --to bookinfo/reviews-v1 --port 9080/TCP --http "GET /reviews/0"
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for pid in "${pids[@]}"; do
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    if [ "$rc" != 0 ] && [ -d "$work" ]; then
+        for log in "$work"/*.log; do
+            [ -s "$log" ] || continue
+            printf '\n--- last lines of %s ---\n' "$(basename "$log")" >&2
+            tail -n 15 "$log" >&2
+        done
+    fi
+    for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null; done
+    rm -rf "$bpf_dir" "$work"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-step "to-google: DNS goes through the proxy; google.com's address needs a DNS answer first"
-run "$agent" policy explain --manifests examples/to-google \
-    --from basics/basicdeploy-65ff8695df-p58zr --to kube-system/coredns-0 --port 53/UDP --dns google.com
-run "$agent" policy explain --manifests examples/to-google \
-    --from basics/basicdeploy-65ff8695df-p58zr --to 140.82.112.3 --port 80/TCP
+# --- the node and its pods -------------------------------------------------------------------
+step "A node and three pods, as network namespaces"
+ip netns add "$node"
+namespaces+=("$node")
+ip -n "$node" link set lo up
+ip netns exec "$node" sysctl -qw net.ipv4.ip_forward=1
+# The pods are IPv4-only; without IPv6 their links stay quiet (no link-local multicast
+# for the datapath to report).
+no_ipv6() { ip netns exec "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1; }
+no_ipv6 "$node"
 
-step "What node1 enforces in the Star Wars L7 story"
-run "$agent" policy show "${sw[@]}" --manifests examples/starwars/sw_l3_l4_l7_policy.yaml --node node1
+declare -A pod_ns pod_ip
+n=0
+add_pod() { # NAME IP
+    local name=$1 ip=$2 ns=sw-$1-$id dev=lxc$n
+    n=$((n + 1))
+    ip netns add "$ns"
+    namespaces+=("$ns")
+    no_ipv6 "$ns"
+    ip -n "$node" link add "$dev" type veth peer name eth0 netns "$ns"
+    ip -n "$node" addr add 169.254.1.1/32 dev "$dev"
+    ip -n "$node" link set "$dev" up
+    ip -n "$node" route add "$ip/32" dev "$dev"
+    ip -n "$ns" addr add "$ip/32" dev eth0
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" route add 169.254.1.1 dev eth0 scope link
+    ip -n "$ns" route add default via 169.254.1.1 dev eth0
+    pod_ns[$name]=$ns
+    pod_ip[$name]=$ip
+    printf '  %-10s %-12s namespace %-22s node-side device %s\n' "$name" "$ip" "$ns" "$dev"
+}
+echo "  node       namespace $node (forwarding; every pod routes via 169.254.1.1)"
+add_pod deathstar 10.200.1.10   # org=empire, class=deathstar (examples/starwars/pods.yaml)
+add_pod tiefighter 10.200.1.11  # org=empire
+add_pod xwing 10.200.1.12       # org=alliance
+deathstar=${pod_ip[deathstar]}
+
+# The pods' manifests are what the agent learns endpoints from (spec.nodeName, status.podIP).
+mkdir -p "$manifests"
+cp examples/starwars/pods.yaml "$manifests/"
+
+echo "  deathstar: examples/starwars/deathstar.py on port 80"
+ip netns exec "${pod_ns[deathstar]}" python3 examples/starwars/deathstar.py --port 80 \
+    >"$work/deathstar.log" 2>&1 &
+pids+=($!)
+
+wait_for() { # WHAT TRIES COMMAND...: retry every 0.1 s
+    local what=$1 tries=$2
+    shift 2
+    for ((i = 0; i < tries; i++)); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    die "timed out waiting for $what"
+}
+wait_for "the deathstar server" 50 \
+    ip netns exec "${pod_ns[deathstar]}" curl -sf --max-time 1 http://127.0.0.1/v1/healthz
+
+step "Start the agent and the proxy in the node"
+agent_cmd=(nsenter "--net=/run/netns/$node" "$agent" run --source "dir:$manifests"
+    --node-name node1 --xds-socket "$sock" --bpf-dir "$bpf_dir")
+proxy_cmd=(ip netns exec "$node" "$proxy" --agent "unix:$sock"
+    --ingress 0.0.0.0:15002 --egress 0.0.0.0:15001 --mark 0x300 --ingress-mark 0x400
+    --upstream-source original --admin 127.0.0.1:9901)
+echo "\$ ${agent_cmd[*]}"
+NODE_AGENT_LOG=${NODE_AGENT_LOG:-info} "${agent_cmd[@]}" >"$work/agent.log" 2>&1 &
+pids+=($!)
+wait_for "the agent's socket $sock" 100 test -S "$sock"
+echo "\$ ${proxy_cmd[*]}"
+"${proxy_cmd[@]}" >"$work/proxy.log" 2>&1 &
+pids+=($!)
+wait_for "the proxy to be ready" 100 \
+    ip netns exec "$node" curl -sf --max-time 1 http://127.0.0.1:9901/ready
+attached() { # every pod's node-side device carries the agent's tc program
+    local dev
+    for dev in lxc0 lxc1 lxc2; do
+        ip netns exec "$node" tc filter show dev "$dev" ingress | grep -q bpf || return 1
+    done
+}
+wait_for "the datapath programs on the pod devices" 100 attached
+echo "  agent: maps pinned in $bpf_dir, tc programs on lxc0 lxc1 lxc2; proxy ready"
+
+# --- the story -----------------------------------------------------------------------------------
+failures=0
+flows_seen=0
+flow_count() { "$agent" observe --xds-socket "$sock" -o json --last 1000000 2>/dev/null | wc -l; }
+observe() { # the flow records of this step
+    local now
+    now=$(flow_count)
+    echo
+    echo "flows: \$ node-agent observe --xds-socket $sock -o compact --last $((now - flows_seen))"
+    "$agent" observe --xds-socket "$sock" -o compact --last "$((now - flows_seen))" 2>&1 | sed 's/^/  /' || true
+    flows_seen=$now
+}
+programmed() { grep -c "datapath programmed" "$work/agent.log" || true; }
+programmed_since() { [ "$(programmed)" -gt "$1" ]; }
+proxy_in_sync() { # the proxy ACKed the agent's current version of every type
+    "$agent" status --xds-socket "$sock" -o json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+ok = s["clients"] and all(t["acked_version"] == s["versions"].get(t["type"])
+                          for c in s["clients"] for t in c["types"])
+sys.exit(0 if ok else 1)'
+}
+apply_policy() { # FILE: what `kubectl apply -f FILE` does here
+    local before
+    before=$(programmed)
+    echo "\$ cp $1 $manifests/policy.yaml    # kubectl apply -f $1"
+    cp "$1" "$work/policy.yaml.new"
+    mv "$work/policy.yaml.new" "$manifests/policy.yaml" # whole, never half-written
+    wait_for "the agent to program the datapath" 50 programmed_since "$before"
+    wait_for "the proxy to acknowledge the new policy" 50 proxy_in_sync
+    echo "(applied: the agent reprogrammed the datapath's maps and the proxy acknowledged the new policy)"
+}
+ship() { # POD EXPECT-EXIT EXPECT-OUTPUT ARGS...: run curl in POD and check what it did
+    local pod=$1 want_rc=$2 want_out=$3 out rc
+    shift 3
+    local cmd=(curl -s --max-time 2 "$@")
+    printf '\n%s$ %s\n' "$pod" "ip netns exec ${pod_ns[$pod]} ${cmd[*]}"
+    set +e
+    out=$(ip netns exec "${pod_ns[$pod]}" "${cmd[@]}" 2>&1)
+    rc=$?
+    set -e
+    if [ -n "$out" ]; then printf '%s\n' "$out"; fi
+    if [ "$rc" = 28 ]; then echo "(no answer within --max-time 2: curl exit code 28)"; fi
+    local expected="\"$want_out\" (curl exit code 0)"
+    if [ "$want_rc" = 28 ]; then expected="no answer: the datapath drops it (curl exit code 28)"; fi
+    if [ "$rc" = "$want_rc" ] && [[ "$out" == "$want_out"* ]]; then
+        bold "ok, as expected: $expected"
+    else
+        failures=$((failures + 1))
+        bold "FAILED: expected $expected; got curl exit code $rc"
+    fi
+}
+
+flows_seen=$(flow_count)
+
+step "1. No policy yet: every ship may land"
+ship tiefighter 0 "Ship landed" -XPOST "$deathstar/v1/request-landing"
+ship xwing 0 "Ship landed" -XPOST "$deathstar/v1/request-landing"
+observe
+
+step "2. L3/L4 policy: only org=empire may reach the deathstar, on 80/TCP"
+apply_policy examples/starwars/sw_l3_l4_policy.yaml
+ship tiefighter 0 "Ship landed" -XPOST "$deathstar/v1/request-landing"
+ship xwing 28 "" -XPOST "$deathstar/v1/request-landing"
+echo "but an empire ship may still do anything on port 80:"
+ship tiefighter 0 "Panic: deathstar exploded" -XPUT "$deathstar/v1/exhaust-port"
+observe
+
+step "3. L7 policy: empire ships may only POST /v1/request-landing"
+apply_policy examples/starwars/sw_l3_l4_l7_policy.yaml
+ship tiefighter 0 "Ship landed" -XPOST "$deathstar/v1/request-landing"
+ship tiefighter 0 "Access denied" -XPUT "$deathstar/v1/exhaust-port"
+ship xwing 28 "" -XPOST "$deathstar/v1/request-landing"
+observe
+
+echo
+if [ "$failures" = 0 ]; then
+    bold "Every step behaved as the story says."
+else
+    bold "$failures step(s) did not behave as the story says."
+    exit 1
+fi

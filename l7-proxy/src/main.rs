@@ -89,6 +89,13 @@ struct Args {
     drain_timeout: u64,
 }
 
+impl Args {
+    /// The mark of the ingress listener's upstream connections: its own, else `--mark`.
+    fn ingress_mark(&self) -> Option<u32> {
+        self.ingress_mark.or(self.mark)
+    }
+}
+
 /// A socket mark: decimal, or hexadecimal after `0x` (as the datapath writes them).
 fn parse_mark(text: &str) -> Result<u32, String> {
     let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
@@ -147,7 +154,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             connect_timeout: Duration::from_secs(args.connect_timeout),
             ..UpstreamConfig::default()
         },
-        ingress_mark: args.ingress_mark.or(args.mark),
+        ingress_mark: args.ingress_mark(),
         limits: ServerLimits {
             header_read_timeout: Duration::from_secs(args.header_timeout),
             max_header_bytes: args.max_header_bytes,
@@ -190,4 +197,37 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     }))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(
+            ["l7-proxy", "--egress", "127.0.0.1:15002"]
+                .iter()
+                .chain(args),
+        )
+    }
+
+    #[test]
+    fn ingress_mark_defaults_to_mark() -> Result<(), clap::Error> {
+        assert_eq!(parse(&[])?.ingress_mark(), None);
+        assert_eq!(parse(&["--mark", "0x300"])?.ingress_mark(), Some(0x300));
+        let both = parse(&["--mark", "0x300", "--ingress-mark", "1024"])?;
+        assert_eq!((both.mark, both.ingress_mark()), (Some(0x300), Some(0x400)));
+        assert!(parse(&["--mark", "0x1_0000_0000"]).is_err());
+        assert!(parse(&["--ingress-mark", "-1"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn upstream_source_defaults_to_node() -> Result<(), clap::Error> {
+        assert!(matches!(parse(&[])?.upstream_source, Source::Node));
+        let original = parse(&["--upstream-source", "original"])?;
+        assert!(matches!(original.upstream_source, Source::Original));
+        assert!(parse(&["--upstream-source", "pod"]).is_err());
+        Ok(())
+    }
 }

@@ -45,9 +45,7 @@ proxy=$root/target/debug/l7-proxy
 # --- names, and cleanup whatever happens ---------------------------------------------------
 id=$$
 node=sw-node-$id
-work=$(mktemp -d "/tmp/sidecarless-demo-$id.XXXX")
-manifests=$work/manifests
-sock=$work/agent.sock
+work=
 bpf_dir=/sys/fs/bpf/sidecarless/demo-$id
 pids=()
 namespaces=()
@@ -62,7 +60,9 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null
         wait "$pid" 2>/dev/null
     done
-    if [ "$rc" != 0 ] && [ -d "$work" ]; then
+    if [ "$rc" = 130 ] || [ "$rc" = 143 ]; then
+        echo "demo: interrupted; cleaning up" >&2
+    elif [ "$rc" != 0 ] && [ -d "$work" ]; then
         for log in "$work"/*.log; do
             [ -s "$log" ] || continue
             printf '\n--- last lines of %s ---\n' "$(basename "$log")" >&2
@@ -70,12 +70,30 @@ cleanup() {
         done
     fi
     for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null; done
-    rm -rf "$bpf_dir" "$work"
+    rm -rf "$bpf_dir"
+    if [ -n "$work" ]; then rm -rf "$work"; fi
     exit "$rc"
 }
+# What a run killed with SIGKILL left behind: namespaces and pin folders of dead demos.
+for ns in $(ip netns list | awk '{print $1}' | grep -E '^sw-[a-z]+-[0-9]+$' || true); do
+    [ -d "/proc/${ns##*-}" ] && continue
+    echo "removing $ns and its processes, left by an earlier run"
+    ip netns pids "$ns" | xargs -r kill -KILL 2>/dev/null || true
+    ip netns del "$ns"
+done
+for dir in /sys/fs/bpf/sidecarless/demo-*; do
+    [ -d "$dir" ] && ! [ -d "/proc/${dir##*-}" ] && { echo "removing $dir, left by an earlier run"; rm -rf "$dir"; }
+done
+for dir in /tmp/sidecarless-demo-*; do
+    pid=${dir#/tmp/sidecarless-demo-}
+    [ -d "$dir" ] && ! [ -d "/proc/${pid%%.*}" ] && rm -rf "$dir"
+done
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+work=$(mktemp -d "/tmp/sidecarless-demo-$id.XXXX")
+manifests=$work/manifests
+sock=$work/agent.sock
 
 # --- the node and its pods -------------------------------------------------------------------
 step "A node and three pods, as network namespaces"
@@ -209,7 +227,7 @@ ship() { # POD EXPECT-EXIT EXPECT-OUTPUT ARGS...: run curl in POD and check what
         bold "ok, as expected: $expected"
     else
         failures=$((failures + 1))
-        bold "FAILED: expected $expected; got curl exit code $rc"
+        bold "FAILED: expected $expected; got curl exit code $rc and the output above"
     fi
 }
 

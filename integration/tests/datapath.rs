@@ -322,8 +322,13 @@ fn agent_killed_keeps_enforcing_and_converges() {
         "every request of the allowed flow succeeded across the kill"
     );
 
-    // Changed while the agent is down: now other may come in and client may not.
+    // Changed while the agent is down: now other may come in and client may not, and a
+    // new pod listed first would take the lowest identity number if numbers were handed
+    // out afresh.
     c.write_policy(&server_ingress("").replace("app: client", "app: other"));
+    let mut pods = vec![pod("aardvark", [10, 71, 0, 40], "{app: aardvark}", 0)];
+    pods.extend(three_pods());
+    c.write_pods(&pods);
     assert_eq!(
         c.status("client", "server", 80, "/"),
         200,
@@ -335,9 +340,16 @@ fn agent_killed_keeps_enforcing_and_converges() {
         c.status("client", "server", 80, "/")
     });
     assert_eq!(c.status("other", "server", 80, "/"), 200);
+    let log = c.agent_log(0);
     assert!(
-        c.agent_log(0).contains("adopted_policy="),
+        log.contains("adopted_policy="),
         "the restarted agent adopted the pinned maps"
+    );
+    // The existing pods kept their identities (hinted from the pinned ipcache): the only
+    // new ipcache entry is the new pod's address.
+    assert!(
+        log.contains("ipcache_upserts=1 "),
+        "existing identities kept: {log}"
     );
 }
 

@@ -2,7 +2,7 @@
 //! security labels. Numbers only mean something inside this node's maps and proxies, so
 //! they are allocated locally with no cluster coordination.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::labels::{LabelSet, SOURCE_CIDR, SOURCE_RESERVED};
@@ -56,6 +56,11 @@ pub struct IdentityAllocator {
     by_id: BTreeMap<Identity, Entry>,
     next_pod: Identity,
     next_local: Identity,
+    /// Numbers a previous run gave to label sets (see [`IdentityAllocator::hint`]); kept
+    /// out of the counters so that a new label set never takes one.
+    hints: HashMap<LabelSet, Identity>,
+    hint_owners: HashMap<Identity, LabelSet>,
+    reserved_ids: BTreeSet<Identity>,
 }
 
 impl Default for IdentityAllocator {
@@ -71,6 +76,9 @@ impl IdentityAllocator {
             by_id: BTreeMap::new(),
             next_pod: FIRST_POD_IDENTITY,
             next_local: FIRST_LOCAL_IDENTITY,
+            hints: HashMap::new(),
+            hint_owners: HashMap::new(),
+            reserved_ids: BTreeSet::new(),
         };
         for (id, name) in reserved::ALL {
             let labels = Arc::new(LabelSet::new().with(SOURCE_RESERVED, name, ""));
@@ -94,14 +102,28 @@ impl IdentityAllocator {
             }
             return (id, false);
         }
-        let local = labels.has_source(SOURCE_CIDR);
-        let counter = if local {
-            &mut self.next_local
-        } else {
-            &mut self.next_pod
+        let hinted = self
+            .hints
+            .get(labels)
+            .copied()
+            .filter(|id| !self.by_id.contains_key(id));
+        let id = match hinted {
+            Some(id) => id,
+            None => {
+                let local = labels.has_source(SOURCE_CIDR);
+                let counter = if local {
+                    &mut self.next_local
+                } else {
+                    &mut self.next_pod
+                };
+                while self.by_id.contains_key(counter) || self.reserved_ids.contains(counter) {
+                    *counter += 1;
+                }
+                let id = *counter;
+                *counter += 1;
+                id
+            }
         };
-        let id = *counter;
-        *counter += 1;
         let labels = Arc::new(labels.clone());
         self.by_labels.insert(labels.clone(), id);
         self.by_id.insert(
@@ -132,6 +154,29 @@ impl IdentityAllocator {
         true
     }
 
+    /// Keeps `ids` out of the counters: numbers the kernel's maps still use (a restarted
+    /// agent reads them back from the pinned ipcache) go only to the label sets hinted to
+    /// them ([`IdentityAllocator::hint`]), so that recompiling the same cluster gives the
+    /// same numbers and rewriting the maps never briefly pairs an address with another
+    /// label set's identity. Reserved identities are never affected.
+    pub fn reserve(&mut self, ids: impl IntoIterator<Item = Identity>) {
+        self.reserved_ids
+            .extend(ids.into_iter().filter(|id| *id >= FIRST_POD_IDENTITY));
+    }
+
+    /// Asks that `labels` get `id` when first acquired, unless another label set was
+    /// hinted to it first.
+    pub fn hint(&mut self, labels: LabelSet, id: Identity) {
+        if id < FIRST_POD_IDENTITY || self.hint_owners.contains_key(&id) {
+            return;
+        }
+        if let Some(old) = self.hints.insert(labels.clone(), id) {
+            self.hint_owners.remove(&old);
+        }
+        self.hint_owners.insert(id, labels);
+        self.reserved_ids.insert(id);
+    }
+
     pub fn labels(&self, id: Identity) -> Option<&Arc<LabelSet>> {
         self.by_id.get(&id).map(|e| &e.labels)
     }
@@ -156,6 +201,27 @@ impl IdentityAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_keep_numbers_and_counters_skip_them() {
+        let pod = |app: &str| LabelSet::new().with("k8s", "app", app);
+        let mut ids = IdentityAllocator::new();
+        ids.reserve([256, 300, 301]);
+        ids.hint(pod("b"), 256);
+        ids.hint(pod("c"), 300);
+        // A label set without a hint never takes a hinted number.
+        assert_eq!(ids.acquire(&pod("a")), (257, true));
+        assert_eq!(ids.acquire(&pod("b")), (256, true));
+        assert_eq!(ids.acquire(&pod("c")), (300, true));
+        assert_eq!(ids.acquire(&pod("d")), (258, true));
+        // Reserved numbers are never hinted, and a number goes to the first hint only.
+        ids.hint(pod("e"), reserved::WORLD);
+        assert_eq!(ids.acquire(&pod("e")), (259, true));
+        ids.hint(pod("f"), 300);
+        assert_eq!(ids.acquire(&pod("f")), (260, true));
+        // 301 was reserved for a pod that is gone: nobody gets it.
+        assert_eq!(ids.acquire(&pod("g")), (261, true));
+    }
 
     // SEMANTICS 1.6
     #[test]

@@ -155,7 +155,11 @@ impl PolicyPipeline {
         }
     }
 
+    /// Hands the datapath to the pipeline. The identities its pinned maps still use become
+    /// the compiler's hints, so a restarted agent numbers the same cluster the same way.
     pub fn set_datapath(&mut self, datapath: Datapath) {
+        self.compiler
+            .set_identity_hints(datapath.adopted_identities());
         self.datapath = Some(datapath);
     }
 

@@ -112,6 +112,8 @@ pub struct Compiler {
     changed_identities: Vec<(Identity, LabelSet)>,
     named_ports_changed: bool,
     ipcache_changed: bool,
+    /// Identities the datapath still uses, by prefix (see `set_identity_hints`).
+    identity_hints: BTreeMap<IpNet, Identity>,
 }
 
 impl Compiler {
@@ -130,6 +132,7 @@ impl Compiler {
             changed_identities: Vec::new(),
             named_ports_changed: false,
             ipcache_changed: false,
+            identity_hints: BTreeMap::new(),
         }
     }
 
@@ -211,6 +214,14 @@ impl Compiler {
             }
         }
         changes
+    }
+
+    /// The identities a previous agent programmed, by pod IP or CIDR prefix (the pinned
+    /// ipcache): a pod or prefix that still exists keeps its number when its label set is
+    /// first seen. Call before the source is loaded.
+    pub fn set_identity_hints(&mut self, hints: BTreeMap<IpNet, Identity>) {
+        self.identities.reserve(hints.values().copied());
+        self.identity_hints = hints;
     }
 
     pub fn endpoint(&self, key: &EndpointKey) -> Option<&Arc<EndpointPolicy>> {
@@ -316,6 +327,9 @@ impl Compiler {
             return;
         }
         let labels = cidr_labels(prefix);
+        if let Some(id) = self.identity_hints.get(&prefix) {
+            self.identities.hint(labels.clone(), *id);
+        }
         let (id, new) = self.identities.acquire(&labels);
         self.cidrs.insert(prefix, (id, 1));
         self.ipcache_changed = true;
@@ -373,11 +387,14 @@ impl Compiler {
             return;
         };
         let labels = LabelSet::for_pod(&pod, self.namespaces.get(&key.namespace).map(|n| &**n));
+        let ip = pod_ip(&pod);
+        if let Some(id) = ip.and_then(|ip| self.identity_hints.get(&IpNet::from(ip))) {
+            self.identities.hint(labels.clone(), *id);
+        }
         let (identity, new) = self.identities.acquire(&labels);
         if new {
             self.changed_identities.push((identity, labels.clone()));
         }
-        let ip = pod_ip(&pod);
         if let Some(ip) = ip {
             self.pods_by_ip.insert(ip, key.clone());
         }

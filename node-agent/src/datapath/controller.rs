@@ -17,8 +17,8 @@ use aya::programs::TcAttachType;
 use ipnet::IpNet;
 
 use super::abi::{
-    DP_FAMILY_IPV4, DP_FAMILY_IPV6, DP_IDENTITY_HOST, EndpointValue, IpcacheKey, IpcacheValue,
-    LocalIpKey, PolicyKey, PolicyValue,
+    DP_FAMILY_IPV4, DP_FAMILY_IPV6, DP_IDENTITY_HOST, DP_IPCACHE_STATIC_PREFIX, EndpointValue,
+    IpcacheKey, IpcacheValue, LocalIpKey, PolicyKey, PolicyValue,
 };
 use super::entries::{self, ProxyPorts};
 use super::loader::{self, Loaded, LoaderError};
@@ -304,6 +304,28 @@ impl Datapath {
         report.ipcache_upserts = ipcache_up.len();
         report.ipcache_deletes = ipcache_del.len();
         Ok(report)
+    }
+
+    /// The ipcache as the maps hold it (a previous agent's, right after `start`), as
+    /// prefix -> identity, without the world defaults.
+    pub fn adopted_identities(&self) -> BTreeMap<IpNet, crate::identity::Identity> {
+        self.ipcache
+            .iter()
+            .filter_map(|(key, value)| {
+                let bits = key.prefixlen.checked_sub(DP_IPCACHE_STATIC_PREFIX)?;
+                let net = match key.family {
+                    DP_FAMILY_IPV4 => {
+                        let addr: [u8; 4] = key.addr[..4].try_into().ok()?;
+                        IpNet::new(IpAddr::from(addr), u8::try_from(bits).ok()?).ok()?
+                    }
+                    DP_FAMILY_IPV6 => {
+                        IpNet::new(IpAddr::from(key.addr), u8::try_from(bits).ok()?).ok()?
+                    }
+                    _ => return None,
+                };
+                (net.prefix_len() > 0).then_some((net, value.identity))
+            })
+            .collect()
     }
 
     /// Endpoint ids by pod, as last programmed.

@@ -96,6 +96,7 @@ fn main() {
             socket: socket.clone(),
             tcp: None,
             flow_buffer: 1000,
+            datapath: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let started = Instant::now();

@@ -253,6 +253,29 @@ ship tiefighter 0 "Access denied" -XPUT "$deathstar/v1/exhaust-port"
 ship xwing 28 "" -XPOST "$deathstar/v1/request-landing"
 observe
 
+step "4. The agent restarts: the kernel keeps enforcing the last policy meanwhile"
+agent_pid=${pids[1]}
+echo "\$ kill $agent_pid    # node-agent"
+kill -TERM "$agent_pid"
+wait "$agent_pid" || true
+ship tiefighter 0 "Access denied" -XPUT "$deathstar/v1/exhaust-port"
+ship xwing 28 "" -XPOST "$deathstar/v1/request-landing"
+echo
+echo "\$ ${agent_cmd[*]}"
+"${agent_cmd[@]}" >"$work/agent-restarted.log" 2>&1 &
+pids[1]=$!
+loaded() { grep -q "datapath loaded" "$work/agent-restarted.log"; }
+wait_for "the restarted agent to load the datapath" 100 loaded
+wait_for "the proxy to catch up with the restarted agent" 100 proxy_in_sync
+grep -h "datapath loaded" "$work/agent-restarted.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^.*datapath loaded/  datapath loaded/'
+echo "(it adopted the pinned maps as they were; the flow records the old agent held are gone, the"
+echo " kernel's and the proxy's records of the meantime reach the new one)"
+flows_seen=0
+ship tiefighter 0 "Ship landed" -XPOST "$deathstar/v1/request-landing"
+landing_reported() { "$agent" observe --xds-socket "$sock" -o compact --last 100 | grep -q "http-response FORWARDED"; }
+for _ in $(seq 50); do landing_reported && break; sleep 0.1; done # the proxy's reports reconnect too
+observe
+
 echo
 if [ "$failures" = 0 ]; then
     bold "Every step behaved as the story says."

@@ -375,3 +375,57 @@ fn visibility_annotation_logs_without_changing_verdicts() {
             .any(|l| l.contains("/anything") && l.contains("FORWARDED"))
     });
 }
+
+/// One keep-alive connection to port 80 of argv[1]: a GET for every input line, printing
+/// the status or `ERROR <kind>`; never reconnects, so an answer proves the same flow.
+const ONE_CONNECTION_CLIENT: &str = r#"
+import http.client, sys
+conn = http.client.HTTPConnection(sys.argv[1], 80, timeout=3)
+conn.connect()
+conn.auto_open = 0
+for line in sys.stdin:
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        response.read()
+        print(response.status, flush=True)
+    except Exception as e:
+        print("ERROR", type(e).__name__, flush=True)
+"#;
+
+// A policy change reaches established flows too: a keep-alive connection whose flow the
+// new policy denies is cut (the agent removes its conntrack entry, so its next packet is
+// looked up again and dropped), instead of living on with the old verdict.
+#[test]
+fn established_flow_that_loses_access_is_cut() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut c = DpCluster::start("dpcut", 1, &three_pods(), &server_ingress(""));
+    c.serve_http("server", 80);
+    let mut client = c.pod("client").ns.command("python3");
+    client
+        .args(["-u", "-c", ONE_CONNECTION_CLIENT, "10.71.0.20"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut client = Process(client.spawn().expect("start the client"));
+    let mut input = client.0.stdin.take().expect("client stdin");
+    let mut output = BufReader::new(client.0.stdout.take().expect("client stdout"));
+    let mut ask = |input: &mut std::process::ChildStdin| {
+        writeln!(input, "go").expect("write to the client");
+        let mut line = String::new();
+        output.read_line(&mut line).expect("read the client");
+        line.trim().to_string()
+    };
+    assert_eq!(ask(&mut input), "200");
+    assert_eq!(ask(&mut input), "200", "the connection is kept alive");
+
+    c.write_policy(&server_ingress("").replace("app: client", "app: other"));
+    c.eventually("new connections from client dropped", 0, |c| {
+        c.status("client", "server", 80, "/")
+    });
+    let after = ask(&mut input);
+    assert!(
+        after.starts_with("ERROR"),
+        "the established connection was cut: {after}"
+    );
+    assert!(c.agent_log(0).contains("conntrack entries removed"));
+}

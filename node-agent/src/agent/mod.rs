@@ -29,6 +29,9 @@ use crate::source::{DirectorySource, SourceError, SourceEvent};
 /// How often the datapath is refreshed when no policy event arrives.
 const DATAPATH_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Idle conntrack entries are expired every this many refreshes.
+const CONNTRACK_EXPIRY_TICKS: u64 = 30;
+
 /// Where the agent serves the policy stream unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/sidecarless/agent.sock";
 
@@ -138,20 +141,51 @@ impl PolicyPipeline {
         let started = Instant::now();
         match datapath.reconcile(&self.compiler) {
             Ok(report) if report.is_empty() => {}
-            Ok(report) => tracing::info!(
-                policy_upserts = report.policy_upserts,
-                policy_deletes = report.policy_deletes,
-                ipcache_upserts = report.ipcache_upserts,
-                ipcache_deletes = report.ipcache_deletes,
-                attached = ?report.attached,
-                detached = ?report.detached,
-                without_device = ?report.without_device,
-                elapsed_us = started.elapsed().as_micros() as u64,
-                "datapath programmed"
-            ),
+            Ok(report) => {
+                tracing::info!(
+                    policy_upserts = report.policy_upserts,
+                    policy_deletes = report.policy_deletes,
+                    ipcache_upserts = report.ipcache_upserts,
+                    ipcache_deletes = report.ipcache_deletes,
+                    attached = ?report.attached,
+                    detached = ?report.detached,
+                    without_device = ?report.without_device,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "datapath programmed"
+                );
+                let policy_changed = report.policy_upserts
+                    + report.policy_deletes
+                    + report.ipcache_upserts
+                    + report.ipcache_deletes
+                    > 0;
+                if policy_changed {
+                    Self::sweep(datapath, true);
+                }
+            }
             Err(error) => {
                 tracing::error!(%error, "programming the datapath failed; retrying on the next change")
             }
+        }
+    }
+
+    /// Expires idle conntrack entries (see `Datapath::sweep_conntrack`); called now and
+    /// then by the event loop.
+    pub fn expire_conntrack(&mut self) {
+        if let Some(datapath) = self.datapath.as_mut() {
+            Self::sweep(datapath, false);
+        }
+    }
+
+    fn sweep(datapath: &mut Datapath, recheck: bool) {
+        match datapath.sweep_conntrack(recheck) {
+            Ok(report) if report.expired + report.denied > 0 => tracing::info!(
+                scanned = report.scanned,
+                expired = report.expired,
+                denied = report.denied,
+                "conntrack entries removed"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "conntrack sweep failed"),
         }
     }
 
@@ -235,6 +269,7 @@ pub async fn run(
         // Each wake-up drains everything queued, so a burst of edits is one recompile.
         // Without events the datapath is still refreshed now and then: a pod's device
         // can appear after the pod object (the CNI creates it).
+        let mut idle_ticks = 0u64;
         loop {
             match events_rx.recv_timeout(DATAPATH_REFRESH) {
                 Ok(first) => {
@@ -242,7 +277,13 @@ pub async fn run(
                     batch.extend(events_rx.try_iter());
                     pipeline.apply(batch);
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => pipeline.reconcile_datapath(),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    pipeline.reconcile_datapath();
+                    idle_ticks += 1;
+                    if idle_ticks % CONNTRACK_EXPIRY_TICKS == 0 {
+                        pipeline.expire_conntrack();
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }

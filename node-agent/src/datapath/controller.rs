@@ -17,9 +17,11 @@ use aya::programs::TcAttachType;
 use ipnet::IpNet;
 
 use super::abi::{
-    DP_FAMILY_IPV4, DP_FAMILY_IPV6, DP_IDENTITY_HOST, DP_IPCACHE_STATIC_PREFIX, EndpointValue,
-    IpcacheKey, IpcacheValue, LocalIpKey, PolicyKey, PolicyValue,
+    CtKey, DP_ACT_DENY, DP_CT_F_CLOSING, DP_DIR_EGRESS, DP_FAMILY_IPV4, DP_FAMILY_IPV6,
+    DP_IDENTITY_HOST, DP_IPCACHE_STATIC_PREFIX, EndpointValue, IpcacheKey, IpcacheValue,
+    LocalIpKey, PolicyKey, PolicyValue,
 };
+use super::bytes;
 use super::entries::{self, ProxyPorts};
 use super::loader::{self, Loaded, LoaderError};
 use super::system::{self, SystemError};
@@ -306,6 +308,119 @@ impl Datapath {
         Ok(report)
     }
 
+    /// Connection tracking upkeep. Removes entries idle longer than their protocol's
+    /// timeout (the LRU map would only evict under pressure, and a stale entry could let a
+    /// reused 5-tuple skip the policy), and, with `recheck`, entries whose flow the current
+    /// policy denies: their next packet is then a new flow, looked up and dropped, so a
+    /// policy change cuts established flows that lost access instead of leaving them
+    /// open. Flows that stay allowed keep their kept verdict (allow or redirect).
+    pub fn sweep_conntrack(&mut self, recheck: bool) -> Result<SweepReport, DatapathError> {
+        let now = monotonic_ns();
+        let mut report = SweepReport::default();
+        let mut doomed = Vec::new();
+        for entry in self.loaded.maps.ct.iter() {
+            let Ok((raw_key, raw_value)) = entry else {
+                continue;
+            };
+            report.scanned += 1;
+            let key = bytes::ct_key_from(&raw_key);
+            let value = bytes::ct_value_from(&raw_value);
+            let idle = now.saturating_sub(value.last_seen_ns);
+            let timeout = if value.flags & DP_CT_F_CLOSING != 0 {
+                CT_CLOSING_TIMEOUT_NS
+            } else if key.protocol == IPPROTO_TCP {
+                CT_TCP_TIMEOUT_NS
+            } else {
+                CT_OTHER_TIMEOUT_NS
+            };
+            if idle > timeout {
+                report.expired += 1;
+                doomed.push(raw_key);
+            } else if recheck && self.flow_now_denied(&key) {
+                report.denied += 1;
+                doomed.push(raw_key);
+            }
+        }
+        for raw_key in doomed {
+            match self.loaded.maps.ct.remove(&raw_key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(LoaderError::Map {
+                        name: super::abi::DP_MAP_CT,
+                        error: Box::new(e),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Whether the policy now in the maps denies the flow of a conntrack entry, from the
+    /// side of the local endpoint that owns the entry.
+    fn flow_now_denied(&self, key: &CtKey) -> bool {
+        let (local, remote) = if key.direction == DP_DIR_EGRESS {
+            (&key.saddr, &key.daddr)
+        } else {
+            (&key.daddr, &key.saddr)
+        };
+        let local_key = LocalIpKey {
+            family: key.family,
+            pad: [0; 3],
+            addr: *local,
+        };
+        let Some(endpoint) = self
+            .local_ips
+            .get(&local_key)
+            .and_then(|ifindex| self.endpoints.get(ifindex))
+        else {
+            // The endpoint is gone: its device (and programs) went with it.
+            return false;
+        };
+        let peer = self.identity_of(key.family, remote);
+        let port = match key.protocol {
+            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => u16::from_be(key.dport),
+            _ => 0,
+        };
+        entries::lookup_action(
+            &self.policy,
+            endpoint,
+            key.direction,
+            peer,
+            key.protocol,
+            port,
+        ) == DP_ACT_DENY
+    }
+
+    /// The ipcache's longest match for an address, as the programs look it up.
+    fn identity_of(&self, family: u8, addr: &[u8; 16]) -> crate::identity::Identity {
+        let bits: u32 = if family == DP_FAMILY_IPV4 { 32 } else { 128 };
+        (0..=bits)
+            .rev()
+            .find_map(|len| {
+                let mut masked = [0u8; 16];
+                for (i, byte) in masked.iter_mut().enumerate() {
+                    let covered = len.saturating_sub(i as u32 * 8).min(8);
+                    let mask = if covered == 0 {
+                        0
+                    } else {
+                        0xffu8 << (8 - covered)
+                    };
+                    *byte = addr[i] & mask;
+                }
+                let key = IpcacheKey {
+                    prefixlen: DP_IPCACHE_STATIC_PREFIX + len,
+                    family,
+                    pad: [0; 3],
+                    addr: masked,
+                };
+                self.ipcache.get(&key).map(|v| v.identity)
+            })
+            .unwrap_or(crate::identity::reserved::WORLD)
+    }
+
     /// The ipcache as the maps hold it (a previous agent's, right after `start`), as
     /// prefix -> identity, without the world defaults.
     pub fn adopted_identities(&self) -> BTreeMap<IpNet, crate::identity::Identity> {
@@ -332,6 +447,30 @@ impl Datapath {
     pub fn endpoint_ids(&self) -> &BTreeMap<EndpointKey, u16> {
         &self.ids
     }
+}
+
+/// What one conntrack sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    pub scanned: usize,
+    pub expired: usize,
+    pub denied: usize,
+}
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
+const SECOND_NS: u64 = 1_000_000_000;
+/// Idle timeouts of conntrack entries, in the spirit of Linux conntrack's defaults but
+/// shorter for established TCP (a flow idle for hours re-checks policy when it wakes up).
+const CT_TCP_TIMEOUT_NS: u64 = 6 * 3600 * SECOND_NS;
+const CT_OTHER_TIMEOUT_NS: u64 = 120 * SECOND_NS;
+const CT_CLOSING_TIMEOUT_NS: u64 = 30 * SECOND_NS;
+
+/// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns().
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap_or(0) * SECOND_NS + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
 fn local_ip_key(ip: IpAddr) -> LocalIpKey {

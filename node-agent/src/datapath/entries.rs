@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::abi::{
-    DP_ACT_ALLOW, DP_ACT_DENY, DP_ACT_REDIRECT, DP_DIR_EGRESS, DP_DIR_INGRESS,
+    DP_ACT_ALLOW, DP_ACT_DENY, DP_ACT_NONE, DP_ACT_REDIRECT, DP_DIR_EGRESS, DP_DIR_INGRESS,
     DP_EP_EGRESS_DEFAULT_DENY, DP_EP_HAS_IPV4, DP_EP_HAS_IPV6, DP_EP_INGRESS_DEFAULT_DENY,
     DP_FAMILY_IPV4, DP_FAMILY_IPV6, DP_IDENTITY_ANY, DP_IDENTITY_WORLD_IPV4,
     DP_IDENTITY_WORLD_IPV6, DP_IPCACHE_STATIC_PREFIX, DP_POLICY_STATIC_PREFIX, EndpointValue,
@@ -330,6 +330,63 @@ pub fn ipcache_entries(prefixes: impl IntoIterator<Item = (IpNet, Identity)>) ->
         out.insert(ipcache_key(net), IpcacheValue { identity });
     }
     out
+}
+
+/// The action the programs' policy lookup gives (bpf/datapath.h, lookup steps 1-4) for a
+/// flow of endpoint `ep` in `direction` with peer identity `peer`, `protocol` and
+/// destination `port` (host order, 0 where ports do not apply), over `entries` as they are
+/// in the map: `DP_ACT_ALLOW`, `DP_ACT_REDIRECT` or `DP_ACT_DENY`. The agent uses it to
+/// re-check established flows after a policy change. Visibility flags are not applied
+/// (they never turn anything into a deny).
+pub fn lookup_action(
+    entries: &PolicyEntries,
+    ep: &EndpointValue,
+    direction: u8,
+    peer: Identity,
+    protocol: u8,
+    port: u16,
+) -> u8 {
+    let longest = |identity: Identity| {
+        (0..=24u32).rev().find_map(|l4| {
+            let bits = ((u32::from(protocol) << 16) | u32::from(port)) & mask24(l4);
+            let key = PolicyKey {
+                prefixlen: DP_POLICY_STATIC_PREFIX + l4,
+                endpoint_id: ep.endpoint_id,
+                direction,
+                pad: 0,
+                identity,
+                pad2: 0,
+                protocol: (bits >> 16) as u8,
+                dport: (bits as u16).to_be(),
+            };
+            entries.get(&key).copied()
+        })
+    };
+    let a = longest(peer).map_or(DP_ACT_NONE, |v| v.action);
+    let b = longest(DP_IDENTITY_ANY).map_or(DP_ACT_NONE, |v| v.action);
+    let action = a.max(b);
+    if action != DP_ACT_NONE {
+        return action;
+    }
+    let deny_flag = if direction == DP_DIR_INGRESS {
+        DP_EP_INGRESS_DEFAULT_DENY
+    } else {
+        DP_EP_EGRESS_DEFAULT_DENY
+    };
+    if ep.flags & deny_flag != 0 {
+        DP_ACT_DENY
+    } else {
+        DP_ACT_ALLOW
+    }
+}
+
+/// The top `l4` of 24 bits (protocol then port) set.
+fn mask24(l4: u32) -> u32 {
+    if l4 == 0 {
+        0
+    } else {
+        (0x00ff_ffff >> (24 - l4)) << (24 - l4)
+    }
 }
 
 /// What to write and delete to turn `old` into `new`: upserts are the entries of `new` that

@@ -112,6 +112,17 @@ fn datapath_verdict(
     } else {
         DP_EP_EGRESS_DEFAULT_DENY
     };
+    // The agent's own lookup (used to re-check established flows) agrees with this model.
+    let agent = super::lookup_action(entries, ep, direction, peer, protocol, port);
+    let model = match action {
+        DP_ACT_NONE if ep.flags & deny_flag != 0 => DP_ACT_DENY,
+        DP_ACT_NONE => DP_ACT_ALLOW,
+        other => other,
+    };
+    assert_eq!(
+        agent, model,
+        "lookup_action for peer {peer} {protocol}/{port}"
+    );
     match action {
         DP_ACT_NONE if ep.flags & deny_flag != 0 => (Verdict::Denied, 0),
         DP_ACT_NONE | DP_ACT_ALLOW => (Verdict::Allowed, 0),

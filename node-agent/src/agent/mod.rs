@@ -280,7 +280,7 @@ pub async fn run(
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     pipeline.reconcile_datapath();
                     idle_ticks += 1;
-                    if idle_ticks % CONNTRACK_EXPIRY_TICKS == 0 {
+                    if idle_ticks.is_multiple_of(CONNTRACK_EXPIRY_TICKS) {
                         pipeline.expire_conntrack();
                     }
                 }

@@ -15,7 +15,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
 # --- prerequisites -----------------------------------------------------------------------
-[ "$(id -u)" = 0 ] || die "run as root (it creates network namespaces and loads eBPF programs): sudo -E bash examples/demo.sh"
+[ "$(id -u)" = 0 ] || die "run as root (it creates network namespaces and loads eBPF programs): sudo env PATH=\"\$PATH\" bash examples/demo.sh"
 missing=()
 need() { command -v "$1" >/dev/null 2>&1 || missing+=("$1 (Debian package $2)"); }
 need cargo "rustup: https://rustup.rs, or cargo"

@@ -2,7 +2,8 @@
 # Cilium's Star Wars demo on one machine, no cluster: a node (a network namespace running
 # node-agent with its eBPF datapath and l7-proxy) and three pods (namespaces wired to it by
 # veth pairs): the deathstar (a real HTTP server on port 80), tiefighter and xwing. It
-# applies the L3/L4 policy, then the L7 policy, and checks every outcome the story tells.
+# applies the L3/L4 policy, then the L7 policy, restarts the agent, and checks every
+# outcome the story tells. It removes what it created when it ends, fails or is interrupted.
 #
 # Run as root from anywhere: bash examples/demo.sh    (exit 0: every step behaved)
 # The offline policy walkthrough (validate / explain / show) is examples/explain.sh.
@@ -48,6 +49,7 @@ node=sw-node-$id
 work=
 bpf_dir=/sys/fs/bpf/sidecarless/demo-$id
 pids=()
+names=() # what each of pids is, for messages
 namespaces=()
 
 cleanup() {
@@ -140,13 +142,17 @@ cp examples/starwars/pods.yaml "$manifests/"
 echo "  deathstar: examples/starwars/deathstar.py on port 80"
 ip netns exec "${pod_ns[deathstar]}" python3 examples/starwars/deathstar.py --port 80 \
     >"$work/deathstar.log" 2>&1 &
-pids+=($!)
+pids+=($!) names+=("the deathstar server")
 
 wait_for() { # WHAT TRIES COMMAND...: retry every 0.1 s
     local what=$1 tries=$2
     shift 2
+    local i j
     for ((i = 0; i < tries; i++)); do
         if "$@" >/dev/null 2>&1; then return 0; fi
+        for j in "${!pids[@]}"; do
+            kill -0 "${pids[$j]}" 2>/dev/null || die "${names[$j]} exited while waiting for $what (its log follows)"
+        done
         sleep 0.1
     done
     die "timed out waiting for $what"
@@ -162,11 +168,11 @@ proxy_cmd=(ip netns exec "$node" "$proxy" --agent "unix:$sock"
     --upstream-source original --admin 127.0.0.1:9901)
 echo "\$ ${agent_cmd[*]}"
 NODE_AGENT_LOG=${NODE_AGENT_LOG:-info} "${agent_cmd[@]}" >"$work/agent.log" 2>&1 &
-pids+=($!)
+pids+=($!) names+=("node-agent")
 wait_for "the agent's socket $sock" 100 test -S "$sock"
 echo "\$ ${proxy_cmd[*]}"
 "${proxy_cmd[@]}" >"$work/proxy.log" 2>&1 &
-pids+=($!)
+pids+=($!) names+=("l7-proxy")
 wait_for "the proxy to be ready" 100 \
     ip netns exec "$node" curl -sf --max-time 1 http://127.0.0.1:9901/ready
 attached() { # every pod's node-side device carries the agent's tc program

@@ -8,9 +8,11 @@ use xds::client::{FlowReporter, StateWatch};
 
 use super::metrics::Metrics;
 use crate::http_rules::RequestView;
-use crate::policy::{ConnectionPolicy, EndpointPolicies, IdentityMap, L3Verdict, RequestDecision};
+use crate::policy::{
+    EndpointPolicies, FlowAdmission, FlowDecision, FlowPolicy, IdentityMap, RequestDecision,
+};
 use crate::proxy::{
-    Admission, ConnInfo, Decision, Direction, PolicyClose, RequestAuthorizer, RequestOutcome,
+    Admission, ConnInfo, Decision, PolicyClose, RequestAuthorizer, RequestOutcome, Via,
 };
 
 pub struct XdsAuthorizer {
@@ -57,28 +59,17 @@ impl RequestAuthorizer for XdsAuthorizer {
         decision
     }
 
-    /// Refuses what the datapath would drop. Before the first policy arrives nothing is
-    /// refused here: every request is denied instead, and the connection is checked again
-    /// when the policy comes.
+    /// Refuses what the datapath would drop: the own side's L3/L4 verdict, and for a
+    /// connection of the egress listener into a local endpoint, that endpoint's ingress
+    /// verdict too. Before the first policy arrives nothing is refused here: every request
+    /// is denied instead, and the connection is checked again when the policy comes.
     fn admit(&self, conn: &ConnInfo) -> Admission {
-        let Some(connection) = self.connection(conn) else {
+        let Some(flow) = self.flow(conn) else {
             return Admission::Admitted;
         };
-        match &connection.verdict {
-            L3Verdict::Allowed { .. } | L3Verdict::Redirect(_) => Admission::Admitted,
-            L3Verdict::Denied { reason, .. } => Admission::Refused {
-                reason: format!("denied at L3/L4 ({})", reason.name()),
-            },
-            L3Verdict::NotHttp { parser, .. } => Admission::Refused {
-                reason: format!(
-                    "port {} is redirected to the {} proxy",
-                    connection.port,
-                    parser.name()
-                ),
-            },
-            L3Verdict::Unknown => Admission::Refused {
-                reason: format!("no policy for local endpoint {}", connection.local.ip()),
-            },
+        match flow.admission() {
+            FlowAdmission::Admitted => Admission::Admitted,
+            FlowAdmission::Refused(reason) => Admission::Refused { reason },
         }
     }
 
@@ -116,45 +107,197 @@ impl RequestAuthorizer for XdsAuthorizer {
 }
 
 impl XdsAuthorizer {
-    /// The connection's policy now; `None` until the first good policy and identity map
+    /// The connection's policy now (both sides of a same-node flow, see
+    /// [`EndpointPolicies::flow`]); `None` until the first good policy and identity map
     /// have arrived.
-    fn connection(&self, conn: &ConnInfo) -> Option<ConnectionPolicy> {
+    fn flow(&self, conn: &ConnInfo) -> Option<FlowPolicy> {
         let policies = self.policies.borrow().clone()?;
         let identities = self.identities.borrow().clone()?;
-        let (local, peer) = match conn.direction {
-            Direction::Ingress => (conn.original_dst, conn.original_src),
-            Direction::Egress => (conn.original_src, conn.original_dst),
-        };
-        let peer_identity = identities.state.lookup(peer.ip());
-        Some(
-            policies
-                .state
-                .connection(conn.direction, local, peer, peer_identity),
-        )
+        Some(flow_policy(&policies.state, &identities.state, conn))
     }
 
     fn decide(&self, conn: &ConnInfo, request: &RequestView<'_>) -> Decision {
         // Fail closed until the first good policy and identity map have arrived.
-        let Some(connection) = self.connection(conn) else {
+        let Some(flow) = self.flow(conn) else {
             return Decision::Deny {
                 reason: "no policy received from the agent yet".into(),
             };
         };
-        match connection.evaluate(request) {
-            RequestDecision::Allowed {
-                normalized_target,
-                header_edits,
-                matched,
-                ..
-            } => Decision::Allow {
-                target: normalized_target,
-                header_edits,
-                rule: matched,
-            },
-            RequestDecision::Denied { reason } => Decision::Deny { reason },
-            RequestDecision::Rejected { reason, .. } => Decision::Reject {
-                reason: reason.to_string(),
-            },
+        decision(&flow, request)
+    }
+}
+
+/// The policy of `conn` in `policies`, with the identities of both ends from `identities`.
+pub(crate) fn flow_policy(
+    policies: &EndpointPolicies,
+    identities: &IdentityMap,
+    conn: &ConnInfo,
+) -> FlowPolicy {
+    policies.flow(
+        conn.direction,
+        conn.original_src,
+        conn.original_dst,
+        identities.lookup(conn.original_src.ip()),
+        identities.lookup(conn.original_dst.ip()),
+    )
+}
+
+/// The proxy's decision for one request of `flow`: a chained one (the destination's
+/// ingress rules enforced here too) is forwarded with the ingress listener's upstream.
+pub(crate) fn decision(flow: &FlowPolicy, request: &RequestView<'_>) -> Decision {
+    let FlowDecision { decision, chained } = flow.evaluate(request);
+    match decision {
+        RequestDecision::Allowed {
+            normalized_target,
+            header_edits,
+            matched,
+            ..
+        } => Decision::Allow {
+            target: normalized_target,
+            header_edits,
+            rule: matched,
+            via: if chained { Via::Ingress } else { Via::Listener },
+        },
+        RequestDecision::Denied { reason } => Decision::Deny { reason },
+        RequestDecision::Rejected { reason, .. } => Decision::Reject {
+            reason: reason.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use xds::client::{Endpoint, FlowReporter, Versioned};
+
+    use super::*;
+    use crate::policy::Direction;
+    use crate::policy::tests::{
+        CLIENT_IP, REMOTE_IP, SERVER_IP, ServerIngress, same_node_identities, same_node_policies,
+    };
+
+    fn authorizer(
+        server: ServerIngress,
+    ) -> (
+        XdsAuthorizer,
+        tokio::sync::watch::Sender<Option<Arc<Versioned<EndpointPolicies>>>>,
+    ) {
+        fn versioned<S>(state: S) -> Option<Arc<Versioned<S>>> {
+            Some(Arc::new(Versioned {
+                version: "1".into(),
+                state,
+            }))
         }
+        let (policies_tx, policies) =
+            tokio::sync::watch::channel(versioned(same_node_policies(server)));
+        let (_identities_tx, identities) =
+            tokio::sync::watch::channel(versioned(same_node_identities()));
+        let (_updates_tx, updates) = tokio::sync::watch::channel(());
+        let authorizer = XdsAuthorizer {
+            policies,
+            identities,
+            metrics: Arc::new(Metrics::new()),
+            flows: Arc::new(FlowReporter::start(
+                Endpoint::Unix("/nonexistent/agent.sock".into()),
+                "test",
+                16,
+            )),
+            updates,
+        };
+        (authorizer, policies_tx)
+    }
+
+    fn egress_to(ip: &str) -> ConnInfo {
+        ConnInfo {
+            direction: Direction::Egress,
+            original_src: format!("{CLIENT_IP}:40000").parse().expect("addr"),
+            original_dst: format!("{ip}:80").parse().expect("addr"),
+        }
+    }
+
+    fn get(target: &str) -> RequestView<'_> {
+        RequestView {
+            method: "GET",
+            target,
+            host: Some("server"),
+            headers: &[],
+        }
+    }
+
+    fn via(decision: &Decision) -> Option<Via> {
+        match decision {
+            Decision::Allow { via, .. } => Some(*via),
+            _ => None,
+        }
+    }
+
+    // A connection of the egress listener into a local endpoint whose ingress has L7
+    // rules: both sides decide, and allowed requests go out with the ingress upstream.
+    #[tokio::test]
+    async fn chained_flow_uses_the_ingress_upstream() {
+        let (authorizer, _policies) = authorizer(ServerIngress::Http);
+        let conn = egress_to(SERVER_IP);
+        assert_eq!(authorizer.admit(&conn), Admission::Admitted);
+        assert_eq!(
+            via(&authorizer.authorize(&conn, &get("/public/x"))),
+            Some(Via::Ingress)
+        );
+        let Decision::Deny { reason } = authorizer.authorize(&conn, &get("/egress-only")) else {
+            panic!("denied by the server's ingress");
+        };
+        assert!(
+            reason.contains("ingress policy of default/server"),
+            "{reason}"
+        );
+        let Decision::Deny { reason } = authorizer.authorize(&conn, &get("/admin")) else {
+            panic!("denied by the client's egress");
+        };
+        assert!(
+            reason.contains("egress policy of default/client"),
+            "{reason}"
+        );
+        // A remote destination: the egress upstream, as before.
+        let remote = egress_to(REMOTE_IP);
+        assert_eq!(
+            via(&authorizer.authorize(&remote, &get("/egress-only"))),
+            Some(Via::Listener)
+        );
+    }
+
+    // No L7 on the destination's ingress: the egress upstream; a destination that denies
+    // the source: refused at accept; and an open connection is re-checked on updates.
+    #[tokio::test]
+    async fn destination_verdict_picks_upstream_and_admission() {
+        let (authorizer, policies) = authorizer(ServerIngress::L4);
+        let conn = egress_to(SERVER_IP);
+        assert_eq!(authorizer.admit(&conn), Admission::Admitted);
+        assert_eq!(
+            via(&authorizer.authorize(&conn, &get("/egress-only"))),
+            Some(Via::Listener)
+        );
+        // The server's ingress stops allowing the client: the connection's next check
+        // (after the update) refuses it.
+        policies.send_replace(Some(Arc::new(Versioned {
+            version: "2".into(),
+            state: same_node_policies(ServerIngress::Denied),
+        })));
+        let Admission::Refused { reason } = authorizer.admit(&conn) else {
+            panic!("refused after the update");
+        };
+        assert!(
+            reason.contains("ingress of the destination default/server"),
+            "{reason}"
+        );
+        // And L7 rules appear on it: admitted again, chained.
+        policies.send_replace(Some(Arc::new(Versioned {
+            version: "3".into(),
+            state: same_node_policies(ServerIngress::Http),
+        })));
+        assert_eq!(authorizer.admit(&conn), Admission::Admitted);
+        assert_eq!(
+            via(&authorizer.authorize(&conn, &get("/public/x"))),
+            Some(Via::Ingress)
+        );
     }
 }

@@ -56,7 +56,10 @@ pub fn records(
     let destination = endpoint(conn.original_dst);
     let (verdict, matched_rule) = match outcome.decision {
         Decision::Allow { rule, .. } => ("FORWARDED", rule.clone()),
-        Decision::Deny { .. } | Decision::Reject { .. } => ("DROPPED", String::new()),
+        // The deny reason names the policy that denied (for a same-node flow decided by
+        // both sides: the source's egress or the destination's ingress).
+        Decision::Deny { reason } => ("DROPPED", reason.clone()),
+        Decision::Reject { .. } => ("DROPPED", String::new()),
     };
     let headers = outcome
         .headers

@@ -17,7 +17,9 @@ use xds::proto;
 use crate::listener::{self, ListenerConfig, ListenerError, ListenerMode};
 use crate::policy::{IdentityHandler, PolicyHandler};
 use crate::proxy::upstream::{Upstream, UpstreamConfig};
-use crate::proxy::{ConnInfo, Direction, RequestAuthorizer, ServerLimits, serve_connection};
+use crate::proxy::{
+    ConnInfo, Direction, RequestAuthorizer, ServerLimits, Upstreams, serve_connection,
+};
 use authorizer::XdsAuthorizer;
 use metrics::Metrics;
 
@@ -81,17 +83,15 @@ pub async fn run(
         updates: authorizer::spawn_update_ticker(policies.clone(), identities.clone()),
     });
     // One upstream (and pool) per listener: each direction has its own mark, and a pooled
-    // connection carrying one mark must never carry the other direction's requests.
-    let egress_upstream = Upstream::new(&config.upstream);
-    let ingress_upstream = Upstream::new(&UpstreamConfig {
-        mark: config.ingress_mark,
-        ..config.upstream.clone()
-    });
+    // connection carrying one mark must never carry the other direction's requests. The
+    // egress listener also forwards with the ingress upstream the requests of a same-node
+    // flow whose destination's ingress rules it enforced (`Via::Ingress`).
+    let (ingress_upstreams, egress_upstreams) = listener_upstreams(&config);
 
     let mut tasks = tokio::task::JoinSet::new();
-    for (direction, addr, upstream) in [
-        (Direction::Ingress, config.ingress, ingress_upstream),
-        (Direction::Egress, config.egress, egress_upstream),
+    for (direction, addr, upstreams) in [
+        (Direction::Ingress, config.ingress, ingress_upstreams),
+        (Direction::Egress, config.egress, egress_upstreams),
     ] {
         let Some(addr) = addr else { continue };
         let listener = listener::bind(&ListenerConfig {
@@ -108,7 +108,7 @@ pub async fn run(
             listener
                 .serve(move |accepted| {
                     let authorizer = authorizer.clone();
-                    let upstream = upstream.clone();
+                    let upstreams = upstreams.clone();
                     let limits = limits.clone();
                     let metrics = metrics.clone();
                     async move {
@@ -120,7 +120,7 @@ pub async fn run(
                         metrics.connections.inc();
                         metrics.active_connections.inc();
                         if let Err(error) =
-                            serve_connection(accepted.stream, conn, authorizer, upstream, &limits)
+                            serve_connection(accepted.stream, conn, authorizer, upstreams, &limits)
                                 .await
                         {
                             tracing::debug!(%error, "connection ended with an error");
@@ -153,4 +153,54 @@ pub async fn run(
     tasks.abort_all();
     client.shutdown().await;
     Ok(())
+}
+
+/// The upstreams of the ingress and the egress listener. The ingress listener forwards
+/// with `--ingress-mark` only; the egress listener with `--mark`, and with the ingress
+/// listener's upstream (same pool, same mark) the requests that passed the destination's
+/// ingress rules too (`Via::Ingress`).
+fn listener_upstreams(config: &Config) -> (Upstreams, Upstreams) {
+    let egress = Upstream::new(&config.upstream);
+    let ingress = Upstream::new(&UpstreamConfig {
+        mark: config.ingress_mark,
+        ..config.upstream.clone()
+    });
+    (
+        ingress.clone().into(),
+        Upstreams {
+            listener: egress,
+            ingress,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::Via;
+
+    // The egress listener forwards with `--mark`, except requests whose destination's
+    // ingress rules it enforced: those carry `--ingress-mark`, like the ingress listener's.
+    #[tokio::test]
+    async fn chained_requests_carry_the_ingress_mark() {
+        let config = Config {
+            agent: Endpoint::Unix("/nonexistent".into()),
+            client_id: "test".into(),
+            ingress: None,
+            egress: None,
+            mode: ListenerMode::Transparent,
+            upstream: UpstreamConfig {
+                mark: Some(0x300),
+                ..UpstreamConfig::default()
+            },
+            ingress_mark: Some(0x400),
+            limits: ServerLimits::default(),
+            admin: "127.0.0.1:0".parse().expect("addr"),
+        };
+        let (ingress, egress) = listener_upstreams(&config);
+        assert_eq!(ingress.get(Via::Listener).mark(), Some(0x400));
+        assert_eq!(ingress.get(Via::Ingress).mark(), Some(0x400));
+        assert_eq!(egress.get(Via::Listener).mark(), Some(0x300));
+        assert_eq!(egress.get(Via::Ingress).mark(), Some(0x400));
+    }
 }

@@ -10,16 +10,18 @@
 //!   (the same verdict as the node-agent's `compiler::evaluate`), and
 //!   [`ConnectionPolicy::evaluate`] decides each request of a redirected connection.
 //!
-//! A flow between two local endpoints is decided by both sides (SEMANTICS 10.3): the caller
-//! asks for the source's egress and the destination's ingress and requires both to allow.
+//! A flow between two local endpoints is decided by both sides (SEMANTICS 10.3):
+//! [`EndpointPolicies::flow`] gives the source's egress and the destination's ingress of a
+//! connection the egress listener accepted, and [`FlowPolicy`] requires both to allow.
 
 mod connection;
 mod convert;
 mod endpoint;
+mod flow;
 mod identity;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use connection::{ConnectionPolicy, HttpRedirect, L3Verdict, RequestDecision};
 pub use convert::PolicyHandler;
@@ -27,4 +29,5 @@ pub use endpoint::{
     Direction, DirectionRules, EndpointPolicies, EndpointPolicy, L7Parser, L7Rules,
     NamedHttpRuleSet, PolicyEntry, PortRange, Protocol, Reason,
 };
+pub use flow::{FlowAdmission, FlowDecision, FlowPolicy};
 pub use identity::{IdentityHandler, IdentityMap, WORLD};

@@ -1119,3 +1119,212 @@ fn identity_map_with_10k_prefixes() {
         started.elapsed()
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Same-node flows through the egress listener (SEMANTICS 10.3).
+
+/// Addresses and identities of the same-node tests.
+pub(crate) const CLIENT_IP: &str = "10.0.0.1";
+pub(crate) const SERVER_IP: &str = "10.0.0.2";
+pub(crate) const REMOTE_IP: &str = "10.0.5.5";
+pub(crate) const CLIENT_ID: u32 = 1001;
+pub(crate) const SERVER_ID: u32 = 1002;
+
+/// What the server's ingress says about the client on port 80.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ServerIngress {
+    /// `GET /public.*` only.
+    Http,
+    /// Allowed without L7 rules.
+    L4,
+    /// Only another identity is allowed: the client is denied.
+    Denied,
+    /// Redirected to the DNS proxy.
+    Dns,
+}
+
+/// client (egress to server and to the remote address on 80: `GET /public.*`,
+/// `GET /egress-only`) and server (ingress as `server`), both local.
+pub(crate) fn same_node_policies(server: ServerIngress) -> EndpointPolicies {
+    let egress = vec![redirect(
+        80,
+        &[SERVER_ID, WORLD],
+        "egress[0].toPorts[0]",
+        vec![rule("GET", "/public.*"), rule("GET", "/egress-only")],
+    )];
+    let ingress = match server {
+        ServerIngress::Http => vec![redirect(
+            80,
+            &[CLIENT_ID],
+            "ingress[0].toPorts[0]",
+            vec![rule("GET", "/public.*")],
+        )],
+        ServerIngress::L4 => vec![allow(80, &[CLIENT_ID], "ingress[0].toPorts[0]")],
+        ServerIngress::Denied => vec![allow(80, &[OTHER], "ingress[0].toPorts[0]")],
+        ServerIngress::Dns => {
+            let mut entry = redirect(80, &[CLIENT_ID], "ingress[0].toPorts[0]", vec![]);
+            entry.parser = proto::L7Parser::Dns as i32;
+            entry.http_rule_sets = vec![];
+            vec![entry]
+        }
+    };
+    let res = resources(vec![
+        network_policy(
+            "default/client",
+            &[CLIENT_IP],
+            None,
+            Some(direction(egress)),
+        ),
+        network_policy(
+            "default/server",
+            &[SERVER_IP],
+            Some(direction(ingress)),
+            None,
+        ),
+    ]);
+    PolicyHandler::new().build(&res).expect("policy compiles")
+}
+
+/// The identities of client and server.
+pub(crate) fn same_node_identities() -> IdentityMap {
+    let res = resources(vec![
+        identity(
+            CLIENT_ID,
+            &["k8s:app=client"],
+            &[&format!("{CLIENT_IP}/32")],
+        ),
+        identity(
+            SERVER_ID,
+            &["k8s:app=server"],
+            &[&format!("{SERVER_IP}/32")],
+        ),
+    ]);
+    IdentityHandler.build(&res).expect("parses")
+}
+
+fn client_to(policies: &EndpointPolicies, ip: &str, identity: u32) -> FlowPolicy {
+    policies.flow(
+        Direction::Egress,
+        addr(CLIENT_IP, 40000),
+        addr(ip, 80),
+        CLIENT_ID,
+        identity,
+    )
+}
+
+fn denied_reason(decision: &FlowDecision) -> &str {
+    match &decision.decision {
+        RequestDecision::Denied { reason } => reason,
+        other => panic!("expected a deny: {other:?}"),
+    }
+}
+
+// Egress L7 of the source and ingress L7 of a same-node destination: both decide every
+// request (AND), the deny names the side, and an allowed request is chained.
+#[test]
+fn same_node_flow_needs_both_sides() {
+    let policies = same_node_policies(ServerIngress::Http);
+    let flow = client_to(&policies, SERVER_IP, SERVER_ID);
+    assert!(flow.is_chained());
+    assert_eq!(flow.admission(), FlowAdmission::Admitted);
+
+    let allowed = flow.evaluate(&get("/public/x"));
+    assert!(allowed.chained);
+    let matched = matched(&allowed.decision).expect("allowed");
+    assert!(
+        matched.contains("egress[0].toPorts[0].rules.http[0]")
+            && matched.contains("ingress[0].toPorts[0].rules.http[0]"),
+        "{matched}"
+    );
+
+    // Denied by the client's egress.
+    let admin = flow.evaluate(&get("/admin"));
+    assert!(
+        denied_reason(&admin).starts_with("denied by the egress policy of default/client: "),
+        "{admin:?}"
+    );
+    // Allowed by the client's egress, denied by the server's ingress.
+    let egress_only = flow.evaluate(&get("/egress-only"));
+    assert!(
+        denied_reason(&egress_only).starts_with("denied by the ingress policy of default/server: "),
+        "{egress_only:?}"
+    );
+    // Each side alone would have allowed it.
+    assert!(flow.own.evaluate(&get("/egress-only")).is_allowed());
+    assert!(
+        flow.destination
+            .as_ref()
+            .expect("local destination")
+            .evaluate(&get("/public/x"))
+            .is_allowed()
+    );
+    // A malformed target is still a 400, whichever side looks at it first.
+    assert!(matches!(
+        flow.evaluate(&get("/public%2F..%2Fadmin")).decision,
+        RequestDecision::Rejected { .. }
+    ));
+}
+
+// The destination's ingress allows without L7 rules: only the source's egress rules apply,
+// as for any egress flow, and requests go out as egress-proxy traffic.
+#[test]
+fn same_node_flow_without_destination_l7_is_egress_only() {
+    let policies = same_node_policies(ServerIngress::L4);
+    let flow = client_to(&policies, SERVER_IP, SERVER_ID);
+    assert!(!flow.is_chained());
+    assert!(flow.destination.is_some());
+    assert_eq!(flow.admission(), FlowAdmission::Admitted);
+    let decision = flow.evaluate(&get("/egress-only"));
+    assert!(!decision.chained && decision.decision.is_allowed());
+    // The egress deny reads as before.
+    let admin = flow.evaluate(&get("/admin"));
+    assert!(!admin.chained);
+    assert!(!denied_reason(&admin).starts_with("denied by"), "{admin:?}");
+}
+
+// The destination's ingress denies the source (or sends the port to another proxy): the
+// kernel would drop the flow at the destination, so the connection is refused.
+#[test]
+fn same_node_flow_denied_by_destination_is_refused() {
+    for (server, expected) in [
+        (ServerIngress::Denied, "denied at L3/L4 (default-deny)"),
+        (ServerIngress::Dns, "redirected to the dns proxy"),
+    ] {
+        let policies = same_node_policies(server);
+        let flow = client_to(&policies, SERVER_IP, SERVER_ID);
+        assert!(!flow.is_chained());
+        let FlowAdmission::Refused(reason) = flow.admission() else {
+            panic!("{server:?}: admitted");
+        };
+        assert!(
+            reason.starts_with("ingress of the destination default/server: ")
+                && reason.contains(expected),
+            "{server:?}: {reason}"
+        );
+    }
+}
+
+// A destination that is not a local endpoint, and connections of the ingress listener,
+// are decided by one side only.
+#[test]
+fn remote_destination_and_ingress_listener_are_one_sided() {
+    let policies = same_node_policies(ServerIngress::Http);
+    let remote = client_to(&policies, REMOTE_IP, WORLD);
+    assert!(remote.destination.is_none() && !remote.is_chained());
+    assert_eq!(remote.admission(), FlowAdmission::Admitted);
+    let decision = remote.evaluate(&get("/egress-only"));
+    assert!(!decision.chained && decision.decision.is_allowed());
+
+    let inbound = policies.flow(
+        Direction::Ingress,
+        addr(CLIENT_IP, 40000),
+        addr(SERVER_IP, 80),
+        CLIENT_ID,
+        SERVER_ID,
+    );
+    assert!(inbound.destination.is_none() && !inbound.is_chained());
+    assert_eq!(inbound.own.direction, Direction::Ingress);
+    let decision = inbound.evaluate(&get("/egress-only"));
+    assert!(!decision.chained && !decision.decision.is_allowed());
+    assert!(inbound.evaluate(&get("/public/x")).decision.is_allowed());
+}

@@ -53,11 +53,51 @@ pub enum Decision {
         target: String,
         header_edits: Vec<HeaderEdit>,
         rule: String,
+        /// Which upstream forwards it.
+        via: Via,
     },
     /// Answer 403 (SEMANTICS 4.10).
     Deny { reason: String },
     /// Answer 400 and close (SEMANTICS 4.12).
     Reject { reason: String },
+}
+
+/// Which of the connection's upstreams forwards an allowed request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Via {
+    /// The upstream of the listener that accepted the connection.
+    #[default]
+    Listener,
+    /// The ingress listener's upstream (the ingress proxy's mark): the destination's
+    /// ingress L7 rules were enforced on this request too, which is what the datapath
+    /// requires of a flow into an endpoint whose ingress redirects.
+    Ingress,
+}
+
+/// The upstreams a connection may forward with (see [`Via`]).
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    pub listener: upstream::Upstream,
+    pub ingress: upstream::Upstream,
+}
+
+impl Upstreams {
+    pub fn get(&self, via: Via) -> &upstream::Upstream {
+        match via {
+            Via::Listener => &self.listener,
+            Via::Ingress => &self.ingress,
+        }
+    }
+}
+
+/// One upstream for both: the ingress listener's own connections.
+impl From<upstream::Upstream> for Upstreams {
+    fn from(upstream: upstream::Upstream) -> Self {
+        Self {
+            listener: upstream.clone(),
+            ingress: upstream,
+        }
+    }
 }
 
 /// Whether a connection may exist at all (its L3/L4 verdict).
@@ -174,12 +214,13 @@ pub async fn serve_connection<S>(
     stream: S,
     conn: ConnInfo,
     authorizer: Arc<dyn RequestAuthorizer>,
-    upstream: upstream::Upstream,
+    upstreams: impl Into<Upstreams>,
     limits: &ServerLimits,
 ) -> Result<(), ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let upstreams = upstreams.into();
     if let Admission::Refused { reason } = authorizer.admit(&conn) {
         tracing::debug!(?conn, %reason, "connection refused");
         authorizer.closed_by_policy(&conn, PolicyClose::Accept, &reason);
@@ -198,7 +239,7 @@ where
         let body_timeout = limits.header_read_timeout;
         hyper::service::service_fn(move |request: Request<Incoming>| {
             let authorizer = authorizer.clone();
-            let upstream = upstream.clone();
+            let upstreams = upstreams.clone();
             let state = state.clone();
             // Taken before the future runs: HTTP/1 requests reach the service in order.
             let both_lengths = request.version() != Version::HTTP_2 && verdicts.take();
@@ -216,11 +257,11 @@ where
                 let context = RequestContext {
                     conn,
                     authorizer: &*authorizer,
-                    upstream: &upstream,
+                    upstream: &upstreams.listener,
                     state: &state,
                     body_timeout,
                 };
-                Ok::<_, Infallible>(handle(request, context).await)
+                Ok::<_, Infallible>(handle(request, context, &upstreams).await)
             }
         })
     };
@@ -263,13 +304,18 @@ where
 struct RequestContext<'a> {
     conn: ConnInfo,
     authorizer: &'a dyn RequestAuthorizer,
+    /// The upstream of this request (see [`Via`]).
     upstream: &'a upstream::Upstream,
     state: &'a Arc<activity::ConnState>,
     /// How long the first chunk of a chunked body may take (see `first_chunk`).
     body_timeout: Duration,
 }
 
-async fn handle(request: Request<Incoming>, context: RequestContext<'_>) -> Response<ProxyBody> {
+async fn handle(
+    request: Request<Incoming>,
+    context: RequestContext<'_>,
+    upstreams: &Upstreams,
+) -> Response<ProxyBody> {
     let RequestContext {
         conn, authorizer, ..
     } = context;
@@ -311,8 +357,13 @@ async fn handle(request: Request<Incoming>, context: RequestContext<'_>) -> Resp
             target,
             header_edits,
             rule,
+            via,
         } => {
-            tracing::trace!(?conn, %target, %rule, "allowed");
+            tracing::trace!(?conn, %target, %rule, ?via, "allowed");
+            let context = RequestContext {
+                upstream: upstreams.get(*via),
+                ..context
+            };
             match tunnel_kind {
                 Some(kind) => tunnel::open(request, kind, target, header_edits, &context).await,
                 None => forward(request, target, header_edits, &context).await,

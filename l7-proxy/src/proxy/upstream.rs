@@ -139,6 +139,11 @@ impl Upstream {
         }
     }
 
+    /// The `SO_MARK` of its connections.
+    pub fn mark(&self) -> Option<u32> {
+        self.mark
+    }
+
     /// The address upstream connections for a client at `client` are bound to, if any.
     fn source_for(&self, client: IpAddr) -> Option<IpAddr> {
         match self.source {

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7_proxy::http_rules::{HttpRuleSet, HttpRuleSpec, HttpVerdict, RequestView};
 use l7_proxy::listener::{self, ListenerConfig, ListenerMode};
 use l7_proxy::proxy::upstream::{Upstream, UpstreamConfig};
-use l7_proxy::proxy::{ConnInfo, Decision, RequestAuthorizer, ServerLimits, serve_connection};
+use l7_proxy::proxy::{ConnInfo, Decision, RequestAuthorizer, ServerLimits, Via, serve_connection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -35,6 +35,7 @@ impl RequestAuthorizer for Rules {
                 target: normalized_target,
                 header_edits,
                 rule: format!("http[{rule_index}]"),
+                via: Via::Listener,
             },
             HttpVerdict::Denied { reason } => Decision::Deny {
                 reason: reason.to_string(),

@@ -165,8 +165,11 @@ static __always_inline int parse_l4(void *l4, void *end, struct pkt *p, int late
 			p->sport = id;
 			p->dport = id;
 		}
-		/* Router/neighbour solicitation and advertisement, redirect (133-137). */
-		if (p->protocol == IPPROTO_ICMPV6_ && type >= 133 && type <= 137)
+		/* Multicast listener queries and reports (130-132, 143), router and neighbour
+		 * solicitation and advertisement, redirect (133-137): the link's own control
+		 * traffic, sent from link-local or unspecified addresses. */
+		if (p->protocol == IPPROTO_ICMPV6_ &&
+		    ((type >= 130 && type <= 137) || type == 143))
 			p->link_control = 1;
 		return PARSE_OK;
 	}
@@ -675,10 +678,13 @@ int to_pod(struct __sk_buff *skb)
 				    ep->identity);
 		}
 	}
-	__u8 flags = 0;
-	if (mark == DP_MARK_FROM_PROXY || mark == DP_MARK_FROM_INGRESS_PROXY)
-		flags |= DP_CT_F_PROXY_SOURCED;
-	ct_create(&p, DP_DIR_INGRESS, remote, &v, flags);
+	if (mark == DP_MARK_FROM_PROXY || mark == DP_MARK_FROM_INGRESS_PROXY) {
+		/* The proxy's leg of a flow whose verdict was reported where it was redirected:
+		 * no second verdict event for it. */
+		ct_create(&p, DP_DIR_INGRESS, remote, &v, DP_CT_F_PROXY_SOURCED);
+		return TC_ACT_OK;
+	}
+	ct_create(&p, DP_DIR_INGRESS, remote, &v, 0);
 	emit(skb, DP_EVENT_POLICY_VERDICT, DP_DIR_INGRESS, &p, &v, ep->endpoint_id, remote,
 	     ep->identity);
 	return TC_ACT_OK;

@@ -17,24 +17,27 @@ die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
 # --- prerequisites -----------------------------------------------------------------------
 [ "$(id -u)" = 0 ] || die "run as root (it creates network namespaces and loads eBPF programs): sudo env PATH=\"\$PATH\" bash examples/demo.sh"
-missing=()
-need() { command -v "$1" >/dev/null 2>&1 || missing+=("$1 (Debian package $2)"); }
-need cargo "rustup: https://rustup.rs, or cargo"
+command -v cargo >/dev/null 2>&1 || die "cargo is missing: install Rust (https://rustup.rs)"
+# Debian packages of what is missing; installed here when apt-get is available, so that on a
+# fresh Debian/Ubuntu machine this one command does all the set-up.
+packages=()
+need() { command -v "$1" >/dev/null 2>&1 || packages+=("$2"); }
 need clang clang
+need gcc gcc
 need ip iproute2
 need tc iproute2
 need nsenter util-linux
 need curl curl
 need python3 python3
-multiarch=$(gcc -print-multiarch 2>/dev/null || echo "$(uname -m)-linux-gnu")
-for header in bpf/bpf_helpers.h linux/bpf.h; do
-    [ -e "/usr/include/$header" ] || [ -e "/usr/include/$multiarch/$header" ] ||
-        missing+=("<$header> (Debian packages libbpf-dev linux-libc-dev)")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    printf 'demo: missing prerequisites:\n' >&2
-    printf '  - %s\n' "${missing[@]}" >&2
-    die "install them, e.g.: apt-get install clang libbpf-dev linux-libc-dev iproute2 util-linux curl python3"
+[ -e /usr/include/bpf/bpf_helpers.h ] || packages+=(libbpf-dev)
+[ -e /usr/include/linux/bpf.h ] || packages+=(linux-libc-dev)
+if [ ${#packages[@]} -gt 0 ]; then
+    command -v apt-get >/dev/null 2>&1 ||
+        die "missing Debian packages: ${packages[*]} (install them, then run again)"
+    echo "demo: installing the missing Debian packages: ${packages[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >/dev/null ||
+        die "apt-get install ${packages[*]} failed: install them, then run again"
 fi
 
 step "Build the agent and the proxy"

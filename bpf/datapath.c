@@ -355,6 +355,19 @@ static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 directio
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* A policy-verdict event for a new flow, except flows no policy entry decided and that the
+ * direction's default allows (pods no policy selects): like Cilium, verdicts are reported
+ * where policy is in force, not for all traffic. */
+static __always_inline void emit_verdict(struct __sk_buff *skb, __u8 direction,
+					 const struct pkt *p, const struct verdict *v,
+					 __u16 endpoint_id, __u32 src_identity, __u32 dst_identity)
+{
+	if (v->match == DP_MATCH_NONE && v->action == DP_ACT_ALLOW)
+		return;
+	emit(skb, DP_EVENT_POLICY_VERDICT, direction, p, v, endpoint_id, src_identity,
+	     dst_identity);
+}
+
 static __always_inline int drop(struct __sk_buff *skb, __u8 direction, const struct pkt *p,
 				const struct verdict *v, __u16 endpoint_id, __u32 src_identity,
 				__u32 dst_identity)
@@ -611,10 +624,10 @@ int from_pod(struct __sk_buff *skb)
 					return drop(skb, DP_DIR_INGRESS, &p, &in, dst->endpoint_id,
 						    ep->identity, dst->identity);
 				}
-				emit(skb, DP_EVENT_POLICY_VERDICT, DP_DIR_INGRESS, &p, &in,
+				emit_verdict(skb, DP_DIR_INGRESS, &p, &in,
 				     dst->endpoint_id, ep->identity, dst->identity);
 				ct_create(&p, DP_DIR_EGRESS, remote, &in, 0);
-				emit(skb, DP_EVENT_POLICY_VERDICT, DP_DIR_EGRESS, &p, &v,
+				emit_verdict(skb, DP_DIR_EGRESS, &p, &v,
 				     ep->endpoint_id, ep->identity, remote);
 				return TC_ACT_OK;
 			}
@@ -625,7 +638,7 @@ int from_pod(struct __sk_buff *skb)
 		return drop(skb, DP_DIR_EGRESS, &p, &v, ep->endpoint_id, ep->identity, remote);
 	}
 	ct_create(&p, DP_DIR_EGRESS, remote, &v, 0);
-	emit(skb, DP_EVENT_POLICY_VERDICT, DP_DIR_EGRESS, &p, &v, ep->endpoint_id, ep->identity,
+	emit_verdict(skb, DP_DIR_EGRESS, &p, &v, ep->endpoint_id, ep->identity,
 	     remote);
 	return TC_ACT_OK;
 }
@@ -685,7 +698,7 @@ int to_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	ct_create(&p, DP_DIR_INGRESS, remote, &v, 0);
-	emit(skb, DP_EVENT_POLICY_VERDICT, DP_DIR_INGRESS, &p, &v, ep->endpoint_id, remote,
+	emit_verdict(skb, DP_DIR_INGRESS, &p, &v, ep->endpoint_id, remote,
 	     ep->identity);
 	return TC_ACT_OK;
 }
@@ -719,7 +732,7 @@ int from_netdev(struct __sk_buff *skb)
 		v.reason = DP_DROP_PROXY_DOWN;
 		return drop(skb, DP_DIR_INGRESS, &p, &v, dst->endpoint_id, remote, dst->identity);
 	}
-	emit(skb, DP_EVENT_POLICY_VERDICT, DP_DIR_INGRESS, &p, &v, dst->endpoint_id, remote,
+	emit_verdict(skb, DP_DIR_INGRESS, &p, &v, dst->endpoint_id, remote,
 	     dst->identity);
 	return TC_ACT_OK;
 }

@@ -129,7 +129,11 @@ impl FlowPolicy {
                         normalized_target,
                         header_edits,
                         logged_mismatches,
-                        matched: format!("{matched} + {their_match}"),
+                        matched: format!(
+                            "{matched} (egress of {}) + {their_match} (ingress of {})",
+                            side_name(Some(&self.own)),
+                            side_name(Some(destination))
+                        ),
                     }
                 }
                 RequestDecision::Denied { reason } => RequestDecision::Denied {

@@ -1232,8 +1232,8 @@ fn same_node_flow_needs_both_sides() {
     assert!(allowed.chained);
     let matched = matched(&allowed.decision).expect("allowed");
     assert!(
-        matched.contains("egress[0].toPorts[0].rules.http[0]")
-            && matched.contains("ingress[0].toPorts[0].rules.http[0]"),
+        matched.contains("egress[0].toPorts[0].rules.http[0] (egress of default/client)")
+            && matched.contains("ingress[0].toPorts[0].rules.http[0] (ingress of default/server)"),
         "{matched}"
     );
 

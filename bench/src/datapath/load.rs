@@ -2,11 +2,14 @@
 //! saturation; one new connection per request with `Connection: close`) and `iperf3`
 //! (one bulk TCP stream). Both are bounded by their own duration.
 
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 use crate::nodes::{BACKEND_IP, BenchNode, IPERF_PORT, LOAD_CPU};
+use crate::procfs;
 
 /// One closed-loop run as wrk saw it.
 #[derive(Debug, Clone, Default)]
@@ -15,6 +18,8 @@ pub struct WrkResult {
     pub rps: f64,
     pub non_2xx: u64,
     pub socket_errors: u64,
+    /// CPU of wrk itself, clock ticks.
+    pub generator_ticks: u64,
 }
 
 /// wrk, one thread, `connections` connections for `duration` to the backend's `port`;
@@ -38,10 +43,8 @@ pub fn wrk(
     if close {
         command.args(["-H", "Connection: close"]);
     }
-    let output = command
-        .arg(format!("http://{BACKEND_IP}:{port}/"))
-        .output()
-        .context("running wrk")?;
+    command.arg(format!("http://{BACKEND_IP}:{port}/"));
+    let (output, ticks) = run_counting(command, duration)?;
     if !output.status.success() {
         bail!(
             "wrk failed: {}: {}",
@@ -49,7 +52,33 @@ pub fn wrk(
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    parse_wrk(&String::from_utf8_lossy(&output.stdout))
+    let mut result = parse_wrk(&String::from_utf8_lossy(&output.stdout))?;
+    result.generator_ticks = ticks;
+    Ok(result)
+}
+
+/// Runs `command` to completion with its output captured, and reads its CPU time while
+/// it is a zombie (afterwards /proc has nothing of it).
+fn run_counting(mut command: Command, duration: Duration) -> Result<(Output, u64)> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the load generator")?;
+    // Drain stdout on a thread so a chatty generator cannot block on a full pipe.
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let ticks =
+        procfs::cpu_ticks_at_exit(child.id(), duration + Duration::from_secs(30)).unwrap_or(0);
+    let mut output = child
+        .wait_with_output()
+        .context("waiting for the generator")?;
+    output.stdout = reader.join().unwrap_or_default();
+    Ok((output, ticks))
 }
 
 fn parse_wrk(text: &str) -> Result<WrkResult> {
@@ -79,13 +108,14 @@ fn parse_wrk(text: &str) -> Result<WrkResult> {
 pub struct IperfResult {
     pub bits_per_second: f64,
     pub retransmits: u64,
+    /// CPU of the iperf3 client, clock ticks.
+    pub generator_ticks: u64,
 }
 
 /// One TCP stream from the client to the backend's iperf3 server for `duration`.
 pub fn iperf(node: &BenchNode, duration: Duration) -> Result<IperfResult> {
-    let output = node
-        .client()
-        .command("taskset")
+    let mut command = node.client().command("taskset");
+    command
         .args(["-c", LOAD_CPU, "iperf3", "-J", "-c"])
         .arg(BACKEND_IP.to_string())
         .args([
@@ -93,9 +123,8 @@ pub fn iperf(node: &BenchNode, duration: Duration) -> Result<IperfResult> {
             &IPERF_PORT.to_string(),
             "-t",
             &format!("{}", duration.as_secs().max(1)),
-        ])
-        .output()
-        .context("running iperf3")?;
+        ]);
+    let (output, ticks) = run_counting(command, duration)?;
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
         format!(
             "iperf3 printed no JSON: {}",
@@ -110,6 +139,7 @@ pub fn iperf(node: &BenchNode, duration: Duration) -> Result<IperfResult> {
         bits_per_second: get("/end/sum_received/bits_per_second")
             .context("iperf3 JSON without end.sum_received")?,
         retransmits: get("/end/sum_sent/retransmits").unwrap_or(0.0) as u64,
+        generator_ticks: ticks,
     })
 }
 

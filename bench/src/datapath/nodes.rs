@@ -4,6 +4,7 @@
 //! client loads. Everything is removed on drop: processes first, then the namespaces, then
 //! the datapath's pin folder.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -285,15 +286,6 @@ impl BenchNode {
         ]
     }
 
-    /// Processes whose CPU counts as the system under test: proxy and agent.
-    pub fn sut_pids(&self) -> Vec<u32> {
-        self.proxy
-            .iter()
-            .chain(self.agent.iter())
-            .map(Proc::id)
-            .collect()
-    }
-
     pub fn backend_pid(&self) -> u32 {
         self.backend.id()
     }
@@ -492,9 +484,11 @@ impl BenchNode {
         Ok(sum)
     }
 
-    /// The ids of the programs attached to the pod devices (tc ingress and egress).
+    /// The programs attached to the pod devices (tc ingress and egress): (name and where,
+    /// id). One program is loaded once and attached to every pod device, so its run
+    /// counters cover all of them.
     pub fn attached_programs(&self) -> Vec<(String, u64)> {
-        let mut ids = Vec::new();
+        let mut by_id: BTreeMap<u64, (String, Vec<String>)> = BTreeMap::new();
         for dev in self.devices() {
             for hook in ["ingress", "egress"] {
                 let out = self
@@ -514,16 +508,26 @@ impl BenchNode {
                         .and_then(serde_json::Value::as_str)
                         .unwrap_or("?");
                     if let Some(id) = id {
-                        ids.push((format!("{dev} {hook} {name}"), id));
+                        let entry = by_id
+                            .entry(id)
+                            .or_insert_with(|| (name.to_owned(), Vec::new()));
+                        entry.1.push(format!("{dev} {hook}"));
                     }
                 }
             }
         }
-        ids
+        by_id
+            .into_iter()
+            .map(|(id, (name, places))| (format!("{name} ({})", places.join(", ")), id))
+            .collect()
     }
 
-    pub fn sut_ticks(&self) -> Result<u64> {
-        procfs::cpu_ticks_sum(&self.sut_pids())
+    pub fn proxy_ticks(&self) -> Result<u64> {
+        procfs::cpu_ticks_sum(&self.proxy.iter().map(Proc::id).collect::<Vec<_>>())
+    }
+
+    pub fn agent_ticks(&self) -> Result<u64> {
+        procfs::cpu_ticks_sum(&self.agent.iter().map(Proc::id).collect::<Vec<_>>())
     }
 }
 

@@ -9,6 +9,36 @@ use crate::runs::{ProgStats, Sample, Settings, Workload};
 use crate::stats::{Spread, median, ratio};
 use crate::{Args, command_line};
 
+/// The binaries are built from the working tree: say so when it differs from the commit
+/// in the crates they are built from.
+fn dirty_note() -> String {
+    let out = std::process::Command::new("git")
+        .args([
+            "status",
+            "--porcelain",
+            "--",
+            "l7-proxy",
+            "node-agent",
+            "bpf",
+            "xds",
+        ])
+        .current_dir(integration::workspace_root())
+        .output();
+    match out {
+        Ok(o) if !o.stdout.is_empty() => {
+            let files: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| l.get(3..).unwrap_or(l).to_owned())
+                .collect();
+            format!(
+                " plus uncommitted changes in the working tree the binaries were built from: {}",
+                files.join(", ")
+            )
+        }
+        _ => String::new(),
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Report {
     header: String,
@@ -47,7 +77,7 @@ impl Report {
             .unwrap_or_default();
         let header = format!(
             "Command: `cargo run --release -p bench --bin datapath-bench -- --only {only} --rounds {rounds} --duration {dur}` (as root; seed {seed}).\n\n\
-             | | |\n| --- | --- |\n| date | {date} |\n| kernel | {kernel} |\n| CPU | {nproc} x {cpu} |\n| commit | {commit} |\n\
+             | | |\n| --- | --- |\n| date | {date} |\n| kernel | {kernel} |\n| CPU | {nproc} x {cpu} |\n| commit | {commit}{dirty} |\n\
              | rustc | {rustc} |\n| wrk | {wrk} |\n| iperf3 | {iperf} |\n| nft | {nft} |\n\
              | rounds | {rounds}, {dur} s per run after a {warm} s warm-up (wrk runs), configurations shuffled per round; steal > 2 % redoes a run |\n\
              | load | wrk -t1 -c{conns}; B4 with `-H 'Connection: close'` (one connection per request) to the backend's port 80; B9 keep-alive to port 8081, iperf3 one stream to 5201 |\n\
@@ -62,6 +92,7 @@ impl Report {
             kernel = command_line("uname", &["-r"]),
             nproc = command_line("nproc", &[]),
             commit = command_line("git", &["rev-parse", "--short", "HEAD"]),
+            dirty = dirty_note(),
             rustc = command_line("rustc", &["-V"]),
             wrk = command_line("wrk", &["-v"]),
             iperf = command_line("iperf3", &["--version"]),
@@ -185,6 +216,19 @@ impl Report {
                 num(self.median_of(w, Setup::Datapath, sut), 1),
                 num(self.median_of(w, Setup::TproxyOriginal, sut), 1),
             );
+            let agent = |s: &Sample| {
+                if s.units == 0 {
+                    f64::NAN
+                } else {
+                    s.agent_us / s.units as f64
+                }
+            };
+            let _ = writeln!(
+                out,
+                "| B4{variant} | of which agent CPU µs/connection, ebpf / tproxy-orig | – | – | {} / {} µs |",
+                num(self.median_of(w, Setup::Datapath, agent), 1),
+                num(self.median_of(w, Setup::TproxyOriginal, agent), 1),
+            );
             let machine = |s: &Sample| s.machine_per_unit();
             let r = self.ratios(
                 w,
@@ -291,13 +335,13 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "| config | {unit} | errors | proxied | packets/s | proxy+agent µs/{per} | backend µs/{per} | machine µs/{per} | machine ns/packet | steal % |",
+                "| config | {unit} | errors | proxied | packets/s | proxy+agent µs/{per} | of which agent | backend µs/{per} | machine µs/{per} | machine ns/packet | steal % | unattributed % |",
                 unit = w.unit(),
                 per = w.per()
             );
             let _ = writeln!(
                 out,
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
             );
             for &setup in w.setups() {
                 let m = |f: &dyn Fn(&Sample) -> f64| self.median_of(w, setup, f);
@@ -310,17 +354,19 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     setup.name(),
                     num(m(&|s| s.rate), 2),
                     num(m(&|s| s.errors as f64), 0),
                     num(m(&|s| s.proxied as f64), 0),
                     num(m(&Sample::pps), 0),
                     num(m(&Sample::sut_per_unit), 2),
+                    num(m(&|s| per_unit(s.agent_us, s)), 2),
                     num(m(&|s| per_unit(s.backend_us, s)), 2),
                     num(m(&Sample::machine_per_unit), 2),
                     num(m(&Sample::machine_ns_per_packet), 0),
                     num(m(&|s| s.steal_percent), 2),
+                    num(m(&|s| s.other_percent), 1),
                 );
             }
             let _ = writeln!(out);
@@ -357,16 +403,16 @@ impl Report {
         let _ = writeln!(out, "## Raw runs\n");
         let _ = writeln!(
             out,
-            "| bench | workload | round | config | s | rate | units | errors | proxied | packets | proxy+agent CPU µs | backend CPU µs | machine busy µs | steal % | retransmits |"
+            "| bench | workload | round | config | s | rate | units | errors | proxied | packets | proxy+agent CPU µs | agent CPU µs | backend CPU µs | machine busy µs | steal % | unattributed % | retransmits |"
         );
         let _ = writeln!(
             out,
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
         for s in &self.samples {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {:.2} | {:.2} {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {:.2} | {:.2} {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {} |",
                 s.workload.bench(),
                 s.workload.name(),
                 s.round,
@@ -379,9 +425,11 @@ impl Report {
                 s.proxied,
                 s.packets,
                 s.sut_us,
+                s.agent_us,
                 s.backend_us,
                 s.machine_us,
                 s.steal_percent,
+                s.other_percent,
                 s.retransmits,
             );
         }

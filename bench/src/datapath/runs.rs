@@ -110,8 +110,14 @@ pub struct Sample {
     pub proxied: u64,
     /// Packets that entered the node from the two pods.
     pub packets: u64,
+    /// Proxy + agent.
     pub sut_us: f64,
+    pub agent_us: f64,
     pub backend_us: f64,
+    /// Whole-machine busy time not charged to proxy, agent, backend or generator, in
+    /// percent of the machine: softirq (the network stack and the tc programs, which run
+    /// in softirq context) plus other tenants' processes.
+    pub other_percent: f64,
     pub machine_us: f64,
     pub steal_percent: f64,
     pub retransmits: u64,
@@ -151,7 +157,8 @@ fn check_interrupted() -> Result<()> {
 }
 
 struct Counters {
-    sut: u64,
+    proxy: u64,
+    agent: u64,
     backend: u64,
     machine: MachineCpu,
     packets: u64,
@@ -161,7 +168,8 @@ struct Counters {
 
 fn counters(node: &BenchNode) -> Result<Counters> {
     Ok(Counters {
-        sut: node.sut_ticks()?,
+        proxy: node.proxy_ticks()?,
+        agent: node.agent_ticks()?,
         backend: procfs::cpu_ticks(node.backend_pid())?,
         machine: MachineCpu::read()?,
         packets: node.pod_packets()?,
@@ -181,7 +189,7 @@ pub fn measure(
     check_interrupted()?;
     node.check_running()?;
     let before = counters(node)?;
-    let (rate, units, errors, retransmits) = match workload {
+    let (rate, units, errors, retransmits, generator) = match workload {
         Workload::Churn | Workload::ChurnNoTimeWait | Workload::KeepAlive => {
             let (port, close) = if workload.is_churn() {
                 (L7_PORT, true)
@@ -189,17 +197,32 @@ pub fn measure(
                 (L4_PORT, false)
             };
             let r = load::wrk(node, port, close, duration, settings.connections)?;
-            (r.rps, r.requests, r.non_2xx + r.socket_errors, 0)
+            (
+                r.rps,
+                r.requests,
+                r.non_2xx + r.socket_errors,
+                0,
+                r.generator_ticks,
+            )
         }
         Workload::Bulk => {
             let r = load::iperf(node, duration)?;
-            (r.bits_per_second / 1e9, 0, 0, r.retransmits)
+            (
+                r.bits_per_second / 1e9,
+                0,
+                0,
+                r.retransmits,
+                r.generator_ticks,
+            )
         }
     };
     let after = counters(node)?;
     node.check_running()?;
     let us = |ticks: u64| ticks as f64 / settings.ticks_per_sec * 1e6;
     let packets = after.packets.saturating_sub(before.packets);
+    let proxy = after.proxy.saturating_sub(before.proxy);
+    let agent = after.agent.saturating_sub(before.agent);
+    let backend = after.backend.saturating_sub(before.backend);
     Ok(Sample {
         workload,
         round,
@@ -214,8 +237,12 @@ pub fn measure(
         errors,
         proxied: after.proxied.saturating_sub(before.proxied),
         packets,
-        sut_us: us(after.sut.saturating_sub(before.sut)),
-        backend_us: us(after.backend.saturating_sub(before.backend)),
+        sut_us: us(proxy + agent),
+        agent_us: us(agent),
+        backend_us: us(backend),
+        other_percent: before
+            .machine
+            .other_percent(&after.machine, proxy + agent + backend + generator),
         machine_us: us(after.machine.busy.saturating_sub(before.machine.busy)),
         steal_percent: before.machine.steal_percent(&after.machine),
         retransmits,

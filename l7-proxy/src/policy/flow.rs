@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 
-use crate::http_rules::RequestView;
+use crate::http_rules::{HeaderEdit, RequestView};
 
 use super::connection::{ConnectionPolicy, L3Verdict, RequestDecision};
 use super::endpoint::{Direction, EndpointPolicies};
@@ -99,9 +99,10 @@ impl FlowPolicy {
     }
 
     /// Decides one request: the own side, and for a chained flow the destination's
-    /// ingress as well (both must allow; the first deny decides and is named). The target
-    /// forwarded is the own side's normalised one (normalisation does not depend on the
-    /// rules), and the header edits of both sides apply, the source's first.
+    /// ingress as well (both must allow; the first deny decides and is named). The
+    /// destination's rules see the request as the source's side would forward it (its
+    /// normalised target, its header edits applied), as an ingress proxy would; the header
+    /// edits of both sides apply, the source's first.
     pub fn evaluate(&self, request: &RequestView<'_>) -> FlowDecision {
         let own = self.own.evaluate(request);
         let Some(destination) = self.destination.as_ref().filter(|_| self.is_chained()) else {
@@ -116,7 +117,7 @@ impl FlowPolicy {
                 mut header_edits,
                 mut logged_mismatches,
                 matched,
-            } => match destination.evaluate(request) {
+            } => match destination.evaluate_forwarded(request, &normalized_target, &header_edits) {
                 RequestDecision::Allowed {
                     header_edits: their_edits,
                     logged_mismatches: their_mismatches,
@@ -156,6 +157,58 @@ impl FlowPolicy {
             decision,
             chained: true,
         }
+    }
+}
+
+/// The Host and header lines of `request` once the source's side has applied `edits`.
+fn edited_headers(
+    request: &RequestView<'_>,
+    edits: &[HeaderEdit],
+) -> (Option<String>, Vec<(String, String)>) {
+    let mut headers: Vec<(String, String)> = request
+        .headers
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect();
+    for edit in edits {
+        edit.apply(&mut headers);
+    }
+    let host_edited = edits.iter().any(|e| match e {
+        HeaderEdit::Add { name, .. }
+        | HeaderEdit::Remove { name }
+        | HeaderEdit::Set { name, .. } => name.eq_ignore_ascii_case("host"),
+    });
+    let host = if host_edited {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v.clone())
+    } else {
+        request.host.map(str::to_owned)
+    };
+    (host, headers)
+}
+
+impl ConnectionPolicy {
+    /// [`ConnectionPolicy::evaluate`] of `request` as another side forwards it: with its
+    /// normalised `target` and its header `edits` applied.
+    fn evaluate_forwarded(
+        &self,
+        request: &RequestView<'_>,
+        target: &str,
+        edits: &[HeaderEdit],
+    ) -> RequestDecision {
+        let (host, headers) = edited_headers(request, edits);
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        self.evaluate(&RequestView {
+            method: request.method,
+            target,
+            host: host.as_deref(),
+            headers: &pairs,
+        })
     }
 }
 

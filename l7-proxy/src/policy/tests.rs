@@ -1328,3 +1328,66 @@ fn remote_destination_and_ingress_listener_are_one_sided() {
     assert!(!decision.chained && !decision.decision.is_allowed());
     assert!(inbound.evaluate(&get("/public/x")).decision.is_allowed());
 }
+
+// The destination's rules see the request as the source's side forwards it: a header the
+// source's egress rule sets (mismatch REPLACE) is what the destination's ingress checks.
+#[test]
+fn same_node_flow_ingress_sees_the_egress_edits() {
+    let mut egress_rule = rule("GET", "/public.*");
+    egress_rule.header_matches = vec![proto::HeaderMatch {
+        name: "X-Env".to_owned(),
+        value: Some("prod".to_owned()),
+        mismatch: "REPLACE".to_owned(),
+        secret: None,
+    }];
+    let mut ingress_rule = rule("GET", "/public.*");
+    ingress_rule.headers = vec!["X-Env: prod".to_owned()];
+    let res = resources(vec![
+        network_policy(
+            "default/client",
+            &[CLIENT_IP],
+            None,
+            Some(direction(vec![redirect(
+                80,
+                &[SERVER_ID],
+                "egress[0].toPorts[0]",
+                vec![egress_rule],
+            )])),
+        ),
+        network_policy(
+            "default/server",
+            &[SERVER_IP],
+            Some(direction(vec![redirect(
+                80,
+                &[CLIENT_ID],
+                "ingress[0].toPorts[0]",
+                vec![ingress_rule],
+            )])),
+            None,
+        ),
+    ]);
+    let policies = PolicyHandler::new().build(&res).expect("policy compiles");
+    let flow = client_to(&policies, SERVER_IP, SERVER_ID);
+    let request = RequestView {
+        headers: &[("x-env", "dev")],
+        ..get("/public/x")
+    };
+    // The destination alone would deny what the client sent.
+    assert!(
+        !flow
+            .destination
+            .as_ref()
+            .expect("local destination")
+            .evaluate(&request)
+            .is_allowed()
+    );
+    let decision = flow.evaluate(&request);
+    assert!(decision.chained);
+    let RequestDecision::Allowed { header_edits, .. } = decision.decision else {
+        panic!("denied: {decision:?}");
+    };
+    assert!(
+        matches!(header_edits.as_slice(), [HeaderEdit::Set { name, value, .. }] if name == "x-env" && value == "prod"),
+        "{header_edits:?}"
+    );
+}

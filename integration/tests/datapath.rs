@@ -429,3 +429,42 @@ fn established_flow_that_loses_access_is_cut() {
     );
     assert!(c.agent_log(0).contains("conntrack entries removed"));
 }
+
+// Pods come and go: a pod added to the cluster gets the programs on its device within the
+// agent's refresh, and a pod removed loses them (and its map entries).
+#[test]
+fn programs_follow_pods_coming_and_going() {
+    let pods = three_pods();
+    let mut c = DpCluster::start("dppods", 1, &pods[..2], &server_ingress(""));
+    // `other` is wired to the node but not in the cluster yet: no program on its device.
+    let other_device = c.nodes[0]
+        .node
+        .add_pod("other", std::net::Ipv4Addr::new(10, 71, 0, 30))
+        .host_device
+        .clone();
+    c.nodes[0].pod_names.push("other");
+    let has_program = |c: &DpCluster, device: &str| {
+        let filters = c.nodes[0]
+            .node
+            .ns
+            .output("tc", &["filter", "show", "dev", device, "ingress"]);
+        String::from_utf8_lossy(&filters.stdout).contains("from_pod")
+    };
+    assert!(!has_program(&c, &other_device));
+    c.serve_http("server", 80);
+    // Unknown to the cluster, other is world to the server's policy: dropped there.
+    assert_eq!(c.status("other", "server", 80, "/"), 0);
+
+    c.write_pods(&pods);
+    c.eventually("other's device programmed", true, |c| {
+        has_program(c, &other_device)
+    });
+    c.write_pods(&pods[..2]);
+    c.eventually("other's device released", false, |c| {
+        has_program(c, &other_device)
+    });
+    assert!(
+        c.agent_log(0).contains("detached=[\""),
+        "the agent reported the detach"
+    );
+}

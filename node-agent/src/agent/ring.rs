@@ -20,11 +20,12 @@ pub fn spawn_reader(mut ring: RingBuf<MapData>, hooks: Arc<Hooks>) {
     let spawned = std::thread::Builder::new()
         .name("datapath-events".into())
         .spawn(move || {
-            // Wakes up now and then even without events, so a poll that never fires
-            // (a missed wake-up) delays events by at most this long.
+            // The programs wake the reader only for drops (and a filling ring); policy
+            // verdicts are drained by this periodic wake-up, so they reach flow records
+            // at most this late.
             let timeout = Timespec {
-                tv_sec: 1,
-                tv_nsec: 0,
+                tv_sec: 0,
+                tv_nsec: 100_000_000,
             };
             loop {
                 drain(&mut ring, &hooks);

@@ -51,6 +51,10 @@ pub enum Setup {
     TproxyNode,
     /// Nothing but routing: no agent, no proxy, no programs, no nft rules (B9 "detached").
     Bare,
+    /// As `Bare` plus the policy-routing rule the agent installs
+    /// (`fwmark 0x200/0xf00 lookup 2004`): with any custom rule every forwarded packet
+    /// walks the FIB rules, so this separates the rule's cost from the programs'.
+    BareWithRule,
 }
 
 impl Setup {
@@ -60,6 +64,7 @@ impl Setup {
             Setup::TproxyOriginal => "tproxy-orig",
             Setup::TproxyNode => "tproxy-node",
             Setup::Bare => "detached",
+            Setup::BareWithRule => "detached+rule",
         }
     }
 
@@ -69,12 +74,13 @@ impl Setup {
             Setup::TproxyOriginal => "to",
             Setup::TproxyNode => "tn",
             Setup::Bare => "bare",
+            Setup::BareWithRule => "rule",
         };
         format!("{TAG}{short}")
     }
 
     fn has_proxy(self) -> bool {
-        self != Setup::Bare
+        !matches!(self, Setup::Bare | Setup::BareWithRule)
     }
 }
 
@@ -252,6 +258,28 @@ impl BenchNode {
                         "table ip bench_tproxy_return {{\n  chain prerouting {{\n    type filter hook prerouting priority mangle - 1; policy accept;\n    meta l4proto tcp socket transparent 1 meta mark set {TPROXY_MARK} accept\n  }}\n}}\n"
                     ));
                 }
+            }
+            Setup::BareWithRule => {
+                node.ns.ip(&[
+                    "rule",
+                    "add",
+                    "fwmark",
+                    "0x200/0xf00",
+                    "lookup",
+                    "2004",
+                    "pref",
+                    "9",
+                ]);
+                node.ns.ip(&[
+                    "route",
+                    "add",
+                    "local",
+                    "0.0.0.0/0",
+                    "dev",
+                    "lo",
+                    "table",
+                    "2004",
+                ]);
             }
             Setup::Datapath | Setup::Bare => {}
         }

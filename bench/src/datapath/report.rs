@@ -261,6 +261,16 @@ impl Report {
                 num(self.median_of(w, Setup::Datapath, rate), 2),
                 num(self.median_of(w, Setup::Bare, rate), 2),
             );
+            let r = self.ratios(w, Setup::Datapath, Some(Setup::BareWithRule), rate, true);
+            let _ = writeln!(
+                out,
+                "| B9 | {} {}, attached / detached with the agent's ip rule (the programs alone) | {} | – | {} / {} |",
+                w.name(),
+                w.unit(),
+                spread_text(&r),
+                num(self.median_of(w, Setup::Datapath, rate), 2),
+                num(self.median_of(w, Setup::BareWithRule, rate), 2),
+            );
             let pps = |s: &Sample| s.pps();
             let r = self.ratios(w, Setup::Datapath, Some(Setup::Bare), pps, true);
             let _ = writeln!(
@@ -324,7 +334,8 @@ impl Report {
              - **ebpf** (ours): `node-agent run` with the datapath (tc `from_pod`/`to_pod` on both pod devices), proxy ingress listener reached by `bpf_sk_assign`.\n\
              - **tproxy-orig**: agent `--no-datapath`, the same proxy and flags, nft `tproxy to :15002` for port 80 from `lxc*` (`integration::netns::Node::tproxy`) plus `socket transparent 1 meta mark set 0x200` so that replies reach the proxy's original-source upstream sockets.\n\
              - **tproxy-node**: as tproxy-orig with `--upstream-source node` and no socket rule (upstream connections from the node's address).\n\
-             - **detached**: no agent, no proxy, no programs, no nft: plain routing.\n"
+             - **detached**: no agent, no proxy, no programs, no nft: plain routing.\n\
+             - **detached+rule**: as detached plus the agent's policy-routing rule (`ip rule fwmark 0x200/0xf00 lookup 2004`, `local 0.0.0.0/0 dev lo table 2004`), which makes every forwarded packet walk the FIB rules.\n"
         );
         for &w in &self.workloads {
             let _ = writeln!(

@@ -79,7 +79,9 @@ impl Workload {
             Workload::Churn | Workload::ChurnNoTimeWait => {
                 &[Setup::Datapath, Setup::TproxyOriginal, Setup::TproxyNode]
             }
-            Workload::KeepAlive | Workload::Bulk => &[Setup::Datapath, Setup::Bare],
+            Workload::KeepAlive | Workload::Bulk => {
+                &[Setup::Datapath, Setup::Bare, Setup::BareWithRule]
+            }
         }
     }
 }

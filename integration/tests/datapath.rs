@@ -468,3 +468,33 @@ fn programs_follow_pods_coming_and_going() {
         "the agent reported the detach"
     );
 }
+
+// Under connection churn the proxy lets the client close first, so the node keeps no
+// TIME_WAIT socket on redirected tuples: a tuple held in TIME_WAIT could not be redirected
+// again (the kernel refuses the new SYN's request socket), and a client reusing its port
+// within a minute would stall.
+#[test]
+fn proxied_connections_leave_no_time_wait_in_the_node() {
+    let mut c = DpCluster::start("dptw", 1, &three_pods(), &server_ingress(HTTP_RULES));
+    c.serve_http("server", 80);
+    let url = "http://10.71.0.20/public/churn";
+    for _ in 0..20 {
+        assert_eq!(
+            c.request("client", url, &["-H", "Connection: close"]).0,
+            200
+        );
+    }
+    let ss = c.nodes[0]
+        .node
+        .ns
+        .exec("ss", &["-Htan", "state", "time-wait"]);
+    let text = String::from_utf8_lossy(&ss.stdout);
+    let held: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("10.71.0.20:80 "))
+        .collect();
+    assert!(
+        held.is_empty(),
+        "TIME_WAIT on the redirected tuples: {held:?}"
+    );
+}

@@ -9,7 +9,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,8 @@ pub struct ConnState {
     io_ops: AtomicU64,
     in_flight: AtomicUsize,
     tunnel: Mutex<Option<JoinHandle<()>>>,
+    /// The connection became a tunnel: its shutdowns are the tunnel's, not hyper's.
+    upgraded: AtomicBool,
 }
 
 impl ConnState {
@@ -38,6 +40,7 @@ impl ConnState {
 
     /// Hands over the task copying a tunnel's bytes; the connection ends when it does.
     pub fn set_tunnel(&self, task: JoinHandle<()>) {
+        self.upgraded.store(true, Ordering::Relaxed);
         let mut slot = self.tunnel.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = slot.replace(task) {
             old.abort();
@@ -94,15 +97,54 @@ impl IdleClock {
     }
 }
 
+/// How long hyper's close of a connection waits for the client to close first.
+///
+/// A server that sends the first FIN keeps the connection's 4-tuple in TIME_WAIT for a
+/// minute. Behind the eBPF redirect that tuple cannot be used again: the kernel refuses a
+/// new SYN's request socket when a TIME_WAIT socket holds the same tuple (TPROXY recycles
+/// it; `bpf_sk_assign` cannot), so a client opening hundreds of connections per second to
+/// one service would stall on port reuse. Clients close as soon as a `Connection: close`
+/// response is complete, so waiting briefly for their FIN makes the proxy the passive
+/// closer, which keeps no TIME_WAIT. Responses whose end is the close itself (no length)
+/// pay this delay once.
+pub const CLOSE_LINGER: Duration = Duration::from_millis(200);
+
 /// The downstream stream, counting its reads and writes into `ConnState`.
 pub struct ActivityStream<S> {
     inner: S,
     state: std::sync::Arc<ConnState>,
+    /// Running while a shutdown waits for the peer's FIN (see [`CLOSE_LINGER`]).
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
+    peer_closed: bool,
 }
 
 impl<S> ActivityStream<S> {
     pub fn new(inner: S, state: std::sync::Arc<ConnState>) -> Self {
-        Self { inner, state }
+        Self {
+            inner,
+            state,
+            linger: None,
+            peer_closed: false,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> ActivityStream<S> {
+    /// Ready once the peer has closed its side (or the linger ran out). Anything the peer
+    /// still sends is discarded: the connection is being closed after its last exchange.
+    fn poll_peer_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self
+            .linger
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_LINGER)));
+        let mut scratch = [0u8; 1024];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return deadline.as_mut().poll(cx),
+            }
+        }
     }
 }
 
@@ -120,7 +162,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ActivityStream<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityStream<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ActivityStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -154,6 +196,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityStream<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A tunnel's shutdown half-closes one direction while the other still carries
+        // data: never read (and discard) its bytes here.
+        if !self.peer_closed && !self.state.upgraded.load(Ordering::Relaxed) {
+            std::task::ready!(self.poll_peer_closed(cx));
+            self.peer_closed = true;
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -407,9 +407,16 @@ static __always_inline void ct_key_of(const struct pkt *p, __u8 direction, int s
 	k->family = p->family;
 }
 
+/* The conntrack timeouts are minutes to hours, so last_seen is written at most once a
+ * second: a write per packet would move the entry's cache line between CPUs on every
+ * packet of a busy flow. */
+#define CT_TOUCH_INTERVAL_NS 1000000000ULL
+
 static __always_inline void ct_touch(struct ct_value *v, const struct pkt *p, int reply)
 {
-	v->last_seen_ns = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_ns();
+	if (now - v->last_seen_ns > CT_TOUCH_INTERVAL_NS)
+		v->last_seen_ns = now;
 	__u8 flags = v->flags;
 	if (reply)
 		flags |= DP_CT_F_REPLY_SEEN;

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::common::Binaries;
 use crate::load;
 use crate::procfs::Memory;
 use crate::rules::RuleSet;
-use crate::systems::{self, Binaries, System};
+use crate::systems::{self, System};
 use crate::topology::{LOAD_CPU, Topology};
 
 #[derive(Debug, Clone)]
@@ -50,7 +51,7 @@ pub fn measure(
 ) -> Result<Vec<Footprint>> {
     let mut out = Vec::new();
     for system in [System::Ours, System::Nginx, System::Haproxy] {
-        crate::check_interrupted()?;
+        crate::common::check_interrupted()?;
         let running = systems::start(topo, system, rules, bins)?;
         let path = rules.allowed_path();
         // Warm: pools, buffers and lazily built matchers exist in every steady state.

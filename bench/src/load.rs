@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::common::{WrkResult, parse_wrk, truncate, wrk_command};
 use crate::procfs;
 use crate::topology::{LOAD_CPU, Topology};
 
@@ -135,24 +136,6 @@ fn parse_oha(text: &str) -> Result<OhaResult> {
     })
 }
 
-fn truncate(text: &str) -> &str {
-    let end = text
-        .char_indices()
-        .nth(300)
-        .map(|(i, _)| i)
-        .unwrap_or(text.len());
-    &text[..end]
-}
-
-/// One closed-loop run as wrk saw it.
-#[derive(Debug, Clone, Default)]
-pub struct WrkResult {
-    pub requests: u64,
-    pub rps: f64,
-    pub non_2xx: u64,
-    pub socket_errors: u64,
-}
-
 /// wrk with one thread and `connections` connections for `duration`: a lower bound of
 /// the saturation rate, the generator sharing its CPU with the backend.
 pub fn wrk(
@@ -162,20 +145,8 @@ pub fn wrk(
     duration: Duration,
     connections: usize,
 ) -> Result<WrkResult> {
-    let output = topo
-        .client()
-        .command("taskset")
-        .args(["-c", LOAD_CPU, "wrk", "-t1"])
-        .args([
-            "-c",
-            &connections.to_string(),
-            "-d",
-            // wrk takes whole seconds only ("2000ms" is a usage error).
-            &format!("{}s", duration.as_secs().max(1)),
-            "--timeout",
-            "5s",
-            &format!("http://{target}{path}"),
-        ])
+    let output = wrk_command(topo.client(), LOAD_CPU, duration, connections)
+        .arg(format!("http://{target}{path}"))
         .output()
         .context("running wrk")?;
     if !output.status.success() {
@@ -188,42 +159,9 @@ pub fn wrk(
     parse_wrk(&String::from_utf8_lossy(&output.stdout))
 }
 
-fn parse_wrk(text: &str) -> Result<WrkResult> {
-    let mut result = WrkResult::default();
-    for line in text.lines().map(str::trim) {
-        if let Some(v) = line.strip_prefix("Requests/sec:") {
-            result.rps = v.trim().parse().context("wrk Requests/sec")?;
-        } else if let Some((n, _)) = line.split_once(" requests in ") {
-            result.requests = n.trim().parse().context("wrk request count")?;
-        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            result.non_2xx = v.trim().parse().context("wrk non-2xx count")?;
-        } else if let Some(v) = line.strip_prefix("Socket errors:") {
-            // "connect 0, read 0, write 0, timeout 0"
-            result.socket_errors = v
-                .split(',')
-                .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum();
-        }
-    }
-    if result.rps == 0.0 {
-        bail!("no Requests/sec in wrk's output: {}", truncate(text));
-    }
-    Ok(result)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_wrk() {
-        let text = "Running 2s test @ http://x/\n  1 threads and 50 connections\n  40000 requests in 2.00s, 3.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 40000\nRequests/sec:  19990.50\nTransfer/sec:      1.50MB\n";
-        let r = parse_wrk(text).expect("parses");
-        assert_eq!(r.requests, 40000);
-        assert_eq!(r.non_2xx, 40000);
-        assert_eq!(r.socket_errors, 3);
-        assert!((r.rps - 19990.5).abs() < 1e-9);
-    }
 
     #[test]
     fn parses_oha() {

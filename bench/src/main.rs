@@ -2,6 +2,7 @@
 //! and haproxy in network namespaces. See bench/README.md.
 
 mod client;
+mod common;
 mod footprint;
 mod load;
 mod procfs;
@@ -14,13 +15,15 @@ mod topology;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::common::{
+    Binaries, command_line, cpu_model, release_binaries, results_path, seed_or_clock,
+    watch_signals, write_results,
+};
 use crate::report::{ReadyTime, Report};
 use crate::rules::{DENIED_PATH, Mix, RuleSet};
 use crate::runs::{Case, Settings};
@@ -99,40 +102,6 @@ enum Helper {
     },
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Fails once Ctrl-C or SIGTERM arrived, so the run unwinds through the destructors that
-/// stop every process and delete every namespace.
-pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-fn watch_signals() {
-    std::thread::spawn(|| {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        runtime.block_on(async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut term) = signal(SignalKind::terminate()) else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            eprintln!("interrupted: finishing the current run, then cleaning up");
-            INTERRUPTED.store(true, Ordering::Relaxed);
-        });
-    });
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     match args.helper {
@@ -175,30 +144,8 @@ fn settings(args: &Args) -> Result<Settings> {
     })
 }
 
-fn command_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            text.lines().next().unwrap_or("").trim().to_owned()
-        })
-        .unwrap_or_else(|e| format!("({program}: {e})"))
-}
-
 fn header(args: &Args, settings: &Settings, seed: u64, date: &str) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
+    let cpu = cpu_model();
     format!(
         "# HTTP benchmarks B1, B2, B3, B5: l7-proxy vs nginx and haproxy\n\n\
          Command: `sudo cargo run --release -p bench --bin http-bench -- --tier {tier:?}{only}` (seed {seed}).\n\n\
@@ -244,19 +191,11 @@ fn run(args: &Args) -> Result<()> {
         }
     }
     let wants = |b: &str| only.iter().any(|o| o == b);
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs())
-    });
+    let seed = seed_or_clock(args.seed);
     let mut shuffler = Shuffler::new(seed);
     let date = command_line("date", &["-u", "+%F"]);
-    let out = args.out.clone().unwrap_or_else(|| {
-        integration::workspace_root()
-            .join("bench/results")
-            .join(format!("http-{date}.md"))
-    });
-    let bins = systems::release_binaries(!args.no_build)?;
+    let out = results_path(args.out.as_deref(), "http", &date);
+    let bins = release_binaries(!args.no_build)?;
     let topo = Topology::new()?;
     let mut report = Report {
         header: header(args, &settings, seed, &date),
@@ -272,22 +211,13 @@ fn run(args: &Args) -> Result<()> {
         args,
         &wants,
     );
-    // Whatever finished is written, also after a failure or Ctrl-C.
-    if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut text = report.render();
-    if let Err(e) = &result {
-        text.push_str(&format!("\n**Run incomplete:** {e:#}\n"));
-    }
-    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
-    eprintln!("results in {}", out.display());
+    write_results(&out, report.render(), &result)?;
     result
 }
 
 fn start_all(
     topo: &Topology,
-    bins: &systems::Binaries,
+    bins: &Binaries,
     rules: &RuleSet,
     report: &mut Report,
     with_direct: bool,
@@ -329,7 +259,7 @@ fn check_answers(topo: &Topology, systems: &[Running], path: &str, expected: u16
 
 fn run_benchmarks(
     topo: &Topology,
-    bins: &systems::Binaries,
+    bins: &Binaries,
     settings: &Settings,
     shuffler: &mut Shuffler,
     report: &mut Report,

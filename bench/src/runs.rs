@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::load::{self, OhaResult, WrkResult};
+use crate::common::WrkResult;
+use crate::load::{self, OhaResult};
 use crate::procfs::{self, MachineCpu};
 use crate::stats::Shuffler;
 use crate::systems::{Running, System};
@@ -149,7 +150,7 @@ fn interleaved_rounds<T>(
             shuffler.shuffle(&mut order);
             let mut samples = Vec::new();
             for running in order {
-                crate::check_interrupted()?;
+                crate::common::check_interrupted()?;
                 samples.push(measure_one(running, round)?);
             }
             if quiet(&samples, round) || attempt == settings.max_redos {

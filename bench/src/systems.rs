@@ -3,74 +3,18 @@
 //! proxies. "Direct" is the client talking to the backend with nothing in between.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result};
 
+use crate::common::{self, Binaries, Proc, log_tails, pinned_in};
 use crate::procfs;
 use crate::rules::RuleSet;
 use crate::topology::{
     self, BACKEND_IP, CLIENT_IP, DIRECT_PORT, HAPROXY_PORT, NGINX_PORT, PROXY_PORT,
     REDIRECTED_PORT, SUT_CPU, Topology,
 };
-
-/// A child process, stopped on drop: SIGTERM first so that nginx's master takes its worker
-/// down, then SIGKILL for whatever is left (the worker included, found before the term).
-#[derive(Debug)]
-pub struct Proc {
-    child: Child,
-    what: &'static str,
-}
-
-impl Proc {
-    pub fn spawn(mut command: Command, what: &'static str) -> Result<Self> {
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {what}"))?;
-        Ok(Self { child, what })
-    }
-
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails if the process has already exited (a bad config, a port in use).
-    pub fn check_running(&mut self) -> Result<()> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => bail!("{} exited: {status}", self.what),
-            Err(e) => bail!("{}: {e}", self.what),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let pid = self.child.id();
-        let children = procfs::children(pid);
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        for child in children {
-            if Path::new(&format!("/proc/{child}")).exists() {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &child.to_string()])
-                    .status();
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum System {
@@ -102,13 +46,6 @@ impl System {
             System::Haproxy => topology::gateway(HAPROXY_PORT),
         }
     }
-}
-
-/// Paths of our release binaries.
-#[derive(Debug, Clone)]
-pub struct Binaries {
-    pub agent: PathBuf,
-    pub proxy: PathBuf,
 }
 
 /// One started system. `sut_pids` are the processes whose CPU and memory count; the agent
@@ -181,21 +118,6 @@ pub fn start(topo: &Topology, system: System, rules: &RuleSet, bins: &Binaries) 
     })
 }
 
-/// The last lines of every log in `dir`: the scratch folder is gone once the run fails.
-fn log_tails(dir: &Path) -> String {
-    let mut text = String::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "log") {
-            let content = std::fs::read_to_string(&path).unwrap_or_default();
-            let lines: Vec<&str> = content.lines().collect();
-            let tail = lines[lines.len().saturating_sub(10)..].join("\n");
-            text.push_str(&format!("\n--- {}:\n{tail}", path.display()));
-        }
-    }
-    text
-}
-
 /// The agent on a folder of manifests (both pods and a CNP on the backend whose ingress
 /// from the client on the redirected port has `rules`), then the proxy in transparent mode.
 fn start_ours(
@@ -220,7 +142,7 @@ fn start_ours(
     let socket = dir.join("agent.sock");
     let node_ns = &topo.node.ns;
 
-    let mut agent = topology::pinned_in(node_ns, SUT_CPU, &bins.agent, &dir.join("agent.log"))?;
+    let mut agent = pinned_in(node_ns, SUT_CPU, &bins.agent, &dir.join("agent.log"))?;
     agent
         .args(["run", "--no-datapath", "--node-name", "node1", "--source"])
         .arg(format!("dir:{}", manifests.display()))
@@ -230,7 +152,7 @@ fn start_ours(
     let agent = Proc::spawn(agent, "node-agent")?;
     let agent_pid = agent.id();
 
-    let mut proxy = topology::pinned_in(node_ns, SUT_CPU, &bins.proxy, &dir.join("proxy.log"))?;
+    let mut proxy = pinned_in(node_ns, SUT_CPU, &bins.proxy, &dir.join("proxy.log"))?;
     proxy
         .arg("--agent")
         .arg(format!("unix:{}", socket.display()))
@@ -264,22 +186,7 @@ fn start_nginx(topo: &Topology, dir: &Path, rules: &RuleSet) -> Result<Proc> {
         temps = topology::nginx_temp_paths(dir),
         gw = topology::gateway(NGINX_PORT),
     );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf)?;
-    let mut command = topology::pinned_in(
-        &topo.node.ns,
-        SUT_CPU,
-        Path::new("nginx"),
-        &dir.join("nginx.log"),
-    )?;
-    command
-        .arg("-p")
-        .arg(dir)
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .arg("-c")
-        .arg(&path);
-    Proc::spawn(command, "nginx")
+    common::start_nginx(&topo.node.ns, SUT_CPU, dir, "nginx.log", conf, "nginx")
 }
 
 /// haproxy: one thread, rules as ACL pattern files on a `METHOD:PATH` variable, deny
@@ -315,7 +222,7 @@ fn start_haproxy(topo: &Topology, dir: &Path, rules: &RuleSet) -> Result<Proc> {
     );
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, conf)?;
-    let mut command = topology::pinned_in(
+    let mut command = pinned_in(
         &topo.node.ns,
         SUT_CPU,
         Path::new("haproxy"),
@@ -324,45 +231,4 @@ fn start_haproxy(topo: &Topology, dir: &Path, rules: &RuleSet) -> Result<Proc> {
     // -db: foreground, no master process; the pid is haproxy's own.
     command.args(["-db", "-f"]).arg(&path);
     Proc::spawn(command, "haproxy")
-}
-
-/// The release binaries, built if missing: benchmarks of a debug build mean nothing.
-pub fn release_binaries(build: bool) -> Result<Binaries> {
-    let root = integration::workspace_root();
-    if build {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "l7-proxy",
-                "-p",
-                "node-agent",
-            ])
-            .current_dir(&root)
-            .status()
-            .context("running cargo build --release")?;
-        if !status.success() {
-            bail!("cargo build --release -p l7-proxy -p node-agent failed: {status}");
-        }
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("release");
-    let bins = Binaries {
-        agent: target.join("node-agent"),
-        proxy: target.join("l7-proxy"),
-    };
-    for path in [&bins.agent, &bins.proxy] {
-        if !path.exists() {
-            return Err(anyhow!(
-                "{} missing: run cargo build --release -p l7-proxy -p node-agent",
-                path.display()
-            ));
-        }
-    }
-    Ok(bins)
 }

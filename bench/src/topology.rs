@@ -7,13 +7,13 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use integration::netns::{Netns, Node, POD_GATEWAY};
 
-use crate::systems::Proc;
+use crate::common::{Proc, start_nginx};
 
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 10);
 pub const BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 20);
@@ -122,17 +122,6 @@ fn backend_addr() -> SocketAddr {
     backend(DIRECT_PORT)
 }
 
-pub fn pinned_in(ns: &Netns, cpu: &str, program: &Path, log: &Path) -> Result<Command> {
-    let mut command = ns.command("taskset");
-    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    command
-        .args(["-c", cpu])
-        .arg(program)
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    Ok(command)
-}
-
 /// The backend: nginx, one process (`master_process off`: it is not under test and dies
 /// with one signal), fixed bodies, no access log, unlimited keep-alive.
 fn start_backend(ns: &Netns, dir: &Path) -> Result<Proc> {
@@ -151,17 +140,7 @@ fn start_backend(ns: &Netns, dir: &Path) -> Result<Proc> {
         r = REDIRECTED_PORT,
         dp = DIRECT_PORT,
     );
-    let path = d.join("nginx.conf");
-    std::fs::write(&path, conf)?;
-    let mut command = pinned_in(ns, LOAD_CPU, Path::new("nginx"), &d.join("stderr.log"))?;
-    command
-        .arg("-p")
-        .arg(&d)
-        .arg("-e")
-        .arg(d.join("error.log"))
-        .arg("-c")
-        .arg(&path);
-    Proc::spawn(command, "backend nginx")
+    start_nginx(ns, LOAD_CPU, &d, "stderr.log", conf, "backend nginx")
 }
 
 /// nginx needs writable temp folders; defaults point to system paths.

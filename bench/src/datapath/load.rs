@@ -8,16 +8,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::common::{WrkResult, parse_wrk, wrk_command};
 use crate::nodes::{BACKEND_IP, BenchNode, IPERF_PORT, LOAD_CPU};
 use crate::procfs;
 
-/// One closed-loop run as wrk saw it.
+/// One closed-loop run as wrk saw it, and what wrk itself cost.
 #[derive(Debug, Clone, Default)]
-pub struct WrkResult {
-    pub requests: u64,
-    pub rps: f64,
-    pub non_2xx: u64,
-    pub socket_errors: u64,
+pub struct WrkRun {
+    pub wrk: WrkResult,
     /// CPU of wrk itself, clock ticks.
     pub generator_ticks: u64,
 }
@@ -30,16 +28,8 @@ pub fn wrk(
     close: bool,
     duration: Duration,
     connections: usize,
-) -> Result<WrkResult> {
-    let mut command = node.client().command("taskset");
-    command.args(["-c", LOAD_CPU, "wrk", "-t1"]).args([
-        "-c",
-        &connections.to_string(),
-        "-d",
-        &format!("{}s", duration.as_secs().max(1)),
-        "--timeout",
-        "5s",
-    ]);
+) -> Result<WrkRun> {
+    let mut command = wrk_command(node.client(), LOAD_CPU, duration, connections);
     if close {
         command.args(["-H", "Connection: close"]);
     }
@@ -52,9 +42,10 @@ pub fn wrk(
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let mut result = parse_wrk(&String::from_utf8_lossy(&output.stdout))?;
-    result.generator_ticks = ticks;
-    Ok(result)
+    Ok(WrkRun {
+        wrk: parse_wrk(&String::from_utf8_lossy(&output.stdout))?,
+        generator_ticks: ticks,
+    })
 }
 
 /// Runs `command` to completion with its output captured, and reads its CPU time while
@@ -79,28 +70,6 @@ fn run_counting(mut command: Command, duration: Duration) -> Result<(Output, u64
         .context("waiting for the generator")?;
     output.stdout = reader.join().unwrap_or_default();
     Ok((output, ticks))
-}
-
-fn parse_wrk(text: &str) -> Result<WrkResult> {
-    let mut result = WrkResult::default();
-    for line in text.lines().map(str::trim) {
-        if let Some(v) = line.strip_prefix("Requests/sec:") {
-            result.rps = v.trim().parse().context("wrk Requests/sec")?;
-        } else if let Some((n, _)) = line.split_once(" requests in ") {
-            result.requests = n.trim().parse().context("wrk request count")?;
-        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            result.non_2xx = v.trim().parse().context("wrk non-2xx count")?;
-        } else if let Some(v) = line.strip_prefix("Socket errors:") {
-            result.socket_errors = v
-                .split(',')
-                .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum();
-        }
-    }
-    if result.rps == 0.0 {
-        bail!("no Requests/sec in wrk's output: {text}");
-    }
-    Ok(result)
 }
 
 /// One iperf3 run: what the receiver got.
@@ -141,18 +110,4 @@ pub fn iperf(node: &BenchNode, duration: Duration) -> Result<IperfResult> {
         retransmits: get("/end/sum_sent/retransmits").unwrap_or(0.0) as u64,
         generator_ticks: ticks,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_wrk() {
-        let text = "Running 2s test @ http://x/\n  1 threads and 50 connections\n  40000 requests in 2.00s, 3.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 4\nRequests/sec:  19990.50\n";
-        let r = parse_wrk(text).expect("parses");
-        assert_eq!(r.requests, 40000);
-        assert_eq!(r.non_2xx, 4);
-        assert_eq!(r.socket_errors, 3);
-    }
 }

@@ -8,6 +8,8 @@ mod nodes;
 mod report;
 mod runs;
 
+#[path = "../common.rs"]
+mod common;
 #[allow(dead_code)] // shared with http-bench; not every helper is used here
 #[path = "../procfs.rs"]
 mod procfs;
@@ -17,14 +19,16 @@ mod stats;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-use crate::nodes::{BenchNode, Binaries, Key, Setup};
+use crate::common::{
+    Binaries, check_interrupted, command_line, release_binaries, results_path, seed_or_clock,
+    watch_signals, write_results,
+};
+use crate::nodes::{BenchNode, Key, Setup};
 use crate::report::Report;
 use crate::runs::{Settings, Workload};
 use crate::stats::Shuffler;
@@ -68,95 +72,6 @@ pub struct Args {
     pub out: Option<PathBuf>,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-fn watch_signals() {
-    std::thread::spawn(|| {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        runtime.block_on(async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut term) = signal(SignalKind::terminate()) else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            eprintln!("interrupted: finishing the current run, then cleaning up");
-            INTERRUPTED.store(true, Ordering::Relaxed);
-        });
-    });
-}
-
-pub fn command_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            text.lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or("")
-                .to_owned()
-        })
-        .unwrap_or_else(|e| format!("({program}: {e})"))
-}
-
-/// The release binaries, built first unless `build` is false.
-fn release_binaries(build: bool) -> Result<Binaries> {
-    let root = integration::workspace_root();
-    if build {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "l7-proxy",
-                "-p",
-                "node-agent",
-            ])
-            .current_dir(&root)
-            .status()
-            .context("running cargo build --release")?;
-        if !status.success() {
-            bail!("cargo build --release -p l7-proxy -p node-agent failed: {status}");
-        }
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("release");
-    let bins = Binaries {
-        agent: target.join("node-agent"),
-        proxy: target.join("l7-proxy"),
-    };
-    for path in [&bins.agent, &bins.proxy] {
-        if !path.exists() {
-            return Err(anyhow!("{} missing", path.display()));
-        }
-    }
-    Ok(bins)
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     integration::netns::require_root();
@@ -189,17 +104,9 @@ fn main() -> Result<()> {
         ticks_per_sec: procfs::clock_ticks()?,
         max_steal_percent: 2.0,
     };
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs())
-    });
+    let seed = seed_or_clock(args.seed);
     let date = command_line("date", &["-u", "+%F"]);
-    let out = args.out.clone().unwrap_or_else(|| {
-        integration::workspace_root()
-            .join("bench/results")
-            .join(format!("datapath-{date}.md"))
-    });
+    let out = results_path(args.out.as_deref(), "datapath", &date);
     let bins = release_binaries(!args.no_build)?;
     nodes::remove_stale_pins();
     let scratch = tempfile::Builder::new()
@@ -222,15 +129,7 @@ fn main() -> Result<()> {
         &args,
     );
     drop(nodes);
-    if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut text = report.render();
-    if let Err(e) = &result {
-        text.push_str(&format!("\n**Run incomplete:** {e:#}\n"));
-    }
-    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
-    eprintln!("results in {}", out.display());
+    write_results(&out, report.render(), &result)?;
     result
 }
 
@@ -281,7 +180,7 @@ fn run(
         eprintln!("rounds failed: {e:#}");
         for (key, node) in nodes.iter() {
             if key.setup == Setup::Datapath {
-                eprintln!("{}", nodes::log_tails(&node.dir));
+                eprintln!("{}", common::log_tails(&node.dir));
             }
         }
         return result;

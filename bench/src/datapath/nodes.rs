@@ -7,12 +7,13 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use integration::netns::{Netns, Node};
 
+use crate::common::{Binaries, Proc, log_tails, pinned_in, start_nginx};
 use crate::procfs;
 
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 10);
@@ -105,63 +106,6 @@ impl Key {
     }
 }
 
-/// Our release binaries.
-#[derive(Debug, Clone)]
-pub struct Binaries {
-    pub agent: PathBuf,
-    pub proxy: PathBuf,
-}
-
-/// A child process, stopped on drop: SIGTERM, 3 s to exit, then SIGKILL.
-#[derive(Debug)]
-pub struct Proc {
-    child: Child,
-    what: String,
-}
-
-impl Proc {
-    pub fn spawn(mut command: Command, what: &str) -> Result<Self> {
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {what}"))?;
-        Ok(Self {
-            child,
-            what: what.to_owned(),
-        })
-    }
-
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn check_running(&mut self) -> Result<()> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => bail!("{} exited: {status}", self.what),
-            Err(e) => bail!("{}: {e}", self.what),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid])
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A pin folder, removed on drop (after the agent that used it has stopped).
 #[derive(Debug)]
 struct PinDir(PathBuf);
@@ -199,17 +143,6 @@ pub struct BenchNode {
     pub dir: PathBuf,
 }
 
-fn pinned(ns: &Netns, cpu: &str, program: &Path, log: &Path) -> Result<Command> {
-    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut command = ns.command("taskset");
-    command
-        .args(["-c", cpu])
-        .arg(program)
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    Ok(command)
-}
-
 impl BenchNode {
     /// Builds the namespaces, starts the backend, iperf3 server, agent and proxy, and
     /// waits until a request on the L7 port is answered through the proxy.
@@ -238,7 +171,7 @@ impl BenchNode {
             );
         }
         let backend = start_backend(&node.pods()[1].ns, &dir)?;
-        let mut iperf = pinned(
+        let mut iperf = pinned_in(
             &node.pods()[1].ns,
             LOAD_CPU,
             Path::new("iperf3"),
@@ -367,7 +300,7 @@ impl BenchNode {
         } else {
             "original"
         };
-        let mut proxy = pinned(
+        let mut proxy = pinned_in(
             &self.node.ns,
             SUT_CPU,
             &bins.proxy,
@@ -605,35 +538,5 @@ fn start_backend(ns: &Netns, dir: &Path) -> Result<Proc> {
          client_body_temp_path {dd}/cb;\n  proxy_temp_path {dd}/p;\n  fastcgi_temp_path {dd}/f;\n  uwsgi_temp_path {dd}/u;\n  scgi_temp_path {dd}/s;\n\
          server {{\n    listen {BACKEND_IP}:{L7_PORT} backlog=4096;\n    listen {BACKEND_IP}:{L4_PORT} backlog=4096;\n    location / {{ return 200 \"\"; }}\n  }}\n}}\n"
     );
-    let path = d.join("nginx.conf");
-    std::fs::write(&path, conf)?;
-    let mut command = pinned(ns, LOAD_CPU, Path::new("nginx"), &d.join("stderr.log"))?;
-    command
-        .arg("-p")
-        .arg(&d)
-        .arg("-e")
-        .arg(d.join("error.log"))
-        .arg("-c")
-        .arg(&path);
-    Proc::spawn(command, "backend nginx")
-}
-
-/// The last lines of every log of a node, for errors: the scratch folder goes away.
-pub fn log_tails(dir: &Path) -> String {
-    let mut text = String::new();
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    paths.sort();
-    for path in paths {
-        let content = std::fs::read_to_string(&path).unwrap_or_default();
-        let lines: Vec<&str> = content.lines().collect();
-        let tail = lines[lines.len().saturating_sub(10)..].join("\n");
-        text.push_str(&format!("\n--- {}:\n{tail}", path.display()));
-    }
-    text
+    start_nginx(ns, LOAD_CPU, &d, "stderr.log", conf, "backend nginx")
 }

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::Args;
+use crate::common::{command_line, cpu_model};
 use crate::nodes::Setup;
 use crate::runs::{ProgStats, Sample, Settings, Workload};
 use crate::stats::{Spread, median, ratio};
-use crate::{Args, command_line};
 
 /// The binaries are built from the working tree: say so when it differs from the commit
 /// in the crates they are built from.
@@ -67,14 +68,7 @@ impl Report {
         seed: u64,
         date: &str,
     ) -> Self {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-            .unwrap_or_default();
+        let cpu = cpu_model();
         let header = format!(
             "Command: `cargo run --release -p bench --bin datapath-bench -- --only {only} --rounds {rounds} --duration {dur}` (as root; seed {seed}).\n\n\
              | | |\n| --- | --- |\n| date | {date} |\n| kernel | {kernel} |\n| CPU | {nproc} x {cpu} |\n| commit | {commit}{dirty} |\n\

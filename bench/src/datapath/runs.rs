@@ -155,7 +155,7 @@ impl Sample {
 
 /// Fails once Ctrl-C or SIGTERM arrived.
 fn check_interrupted() -> Result<()> {
-    crate::check_interrupted()
+    crate::common::check_interrupted()
 }
 
 struct Counters {
@@ -200,9 +200,9 @@ pub fn measure(
             };
             let r = load::wrk(node, port, close, duration, settings.connections)?;
             (
-                r.rps,
-                r.requests,
-                r.non_2xx + r.socket_errors,
+                r.wrk.rps,
+                r.wrk.requests,
+                r.wrk.non_2xx + r.wrk.socket_errors,
                 0,
                 r.generator_ticks,
             )

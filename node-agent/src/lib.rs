@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod compiler;
 pub mod datapath;
+pub mod fqdn;
 pub mod identity;
 pub mod labels;
 pub mod manifest;

@@ -188,8 +188,8 @@ fn parse(response: &[u8]) -> Result<Message, ResponseError> {
 }
 
 /// `Ok(None)` when `response` fits the client's UDP limit (see [`CheckedQuery::udp_limit`];
-/// values under 512 count as 512), else `Ok(Some(answer))`: the header with TC=1, the question
-/// and the OPT record (without its options should they not fit), no records. The client then
+/// values under 512 count as 512), else `Ok(Some(answer))`, at most 512 bytes: the header with
+/// TC=1, the (first) question and the OPT record (without its options should they not fit), no records. The client then
 /// retries over TCP.
 pub fn truncate_for_udp(
     response: &[u8],
@@ -200,6 +200,8 @@ pub fn truncate_for_udp(
         return Ok(None);
     }
     let mut cut = parse(response)?.truncate();
+    // A checked answer has one question; keep at most one so the result always fits.
+    cut.queries.truncate(1);
     let mut out = cut
         .to_vec()
         .map_err(|e| ResponseError::Encode(e.to_string()))?;

@@ -688,7 +688,12 @@ fn fuzz_query_random_mutations() {
     ];
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut verdicts = [0usize; 4];
-    for case in 0..5000 {
+    // DNS_PROXY_FUZZ_CASES raises the count for a longer local run.
+    let cases = std::env::var("DNS_PROXY_FUZZ_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5000);
+    for case in 0..cases {
         let mut bytes = seeds[case % seeds.len()].clone();
         for _ in 0..=rng.below(4) {
             match rng.below(5) {
@@ -726,4 +731,45 @@ fn fuzz_query_random_mutations() {
     }
     // The mutations reach every outcome.
     assert!(verdicts.iter().all(|&n| n > 10), "{verdicts:?}");
+}
+
+#[test]
+fn inspect_response_random_mutations() {
+    let query = checked(&[b"www", b"example", b"com"], 1, true);
+    let mut msg = response_to(&query);
+    msg.set_edns(Edns::new());
+    msg.add_answer(record("www.example.com.", 300, cname("edge.cdn.net.")));
+    for i in 0..40u8 {
+        msg.add_answer(record(
+            "edge.cdn.net.",
+            60,
+            RData::A(A(Ipv4Addr::new(10, 0, 0, i))),
+        ));
+    }
+    let seed = msg.to_vec().unwrap_or_default();
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let mut ok = 0;
+    for _ in 0..3000 {
+        let mut bytes = seed.clone();
+        for _ in 0..=rng.below(3) {
+            let at = rng.below(bytes.len());
+            match rng.below(3) {
+                0 => bytes[at] = u8::try_from(rng.next() & 0xff).unwrap_or(0),
+                1 => bytes[at] ^= 1 << rng.below(8),
+                _ => bytes.truncate(at.max(1)),
+            }
+        }
+        if let Ok(info) = inspect_response(&query, &bytes) {
+            ok += 1;
+            assert!(info.addresses.len() <= 40);
+            assert!(info.cnames.len() <= MAX_CNAME_CHAIN);
+        }
+        if let Ok(Some(cut)) = truncate_for_udp(&bytes, 512) {
+            let parsed = parse(&cut);
+            assert!(parsed.metadata.truncation);
+            assert!(parsed.answers.is_empty());
+            assert!(cut.len() <= 512 && parsed.queries.len() <= 1);
+        }
+    }
+    assert!(ok > 100, "{ok}");
 }

@@ -324,7 +324,7 @@ impl FqdnCache {
                         name: name.clone(),
                         ip: *ip,
                         expires_in_secs: secs,
-                        expired_in_use: state.expires < now,
+                        expired: state.expires < now,
                         source: state.source,
                     });
                 }

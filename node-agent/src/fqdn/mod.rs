@@ -23,6 +23,8 @@
 //! - At most `max_entries` (endpoint, name, IP) entries in all: the earliest-expiring go
 //!   first, whichever endpoint they belong to.
 //! - An expired IP stays while `in_use(endpoint, ip)` says a connection still uses it.
+//!   Such an IP is the earliest-expiring of all, so it is the first the global bound
+//!   evicts: past that bound, memory wins over established connections (counted).
 //! - IPs learned from one endpoint's lookup are allowed for that endpoint only (6.5).
 
 mod cache;
@@ -133,8 +135,9 @@ pub struct Entry {
     pub ip: IpAddr,
     /// Seconds until expiry, rounded up; 0 once expired.
     pub expires_in_secs: u64,
-    /// Expired, but kept because a connection still uses it (SEMANTICS 6.4).
-    pub expired_in_use: bool,
+    /// Past its expiry but still here: a connection used it at the last expiry pass
+    /// (SEMANTICS 6.4), or no pass has run since it expired.
+    pub expired: bool,
     pub source: Source,
 }
 

@@ -270,7 +270,7 @@ fn fqdn_in_use_ips_are_kept_past_expiry_until_unused() {
     // Still allowed, shown as expired and kept.
     assert_eq!(c.ips_for(&a, &name("a.com")), set(&["1.1.1.1"]));
     let list = c.list(None, t0 + secs(11));
-    assert!(list[0].expired_in_use && list[0].expires_in_secs == 0);
+    assert!(list[0].expired && list[0].expires_in_secs == 0);
     // Still in use a minute later: kept; then the connection closes: removed.
     assert!(c.expire(t0 + secs(70), |_, i| i == busy).is_empty());
     let removed = c.expire(t0 + secs(71), never_in_use);
@@ -290,7 +290,7 @@ fn fqdn_in_use_expired_ip_refreshed_by_a_new_answer() {
     let out = c.observe(&a, "a.com", &ips(&["1.1.1.1"]), 10, t0 + secs(20));
     assert_eq!(out.refreshed, ips(&["1.1.1.1"]));
     let list = c.list(None, t0 + secs(20));
-    assert!(!list[0].expired_in_use);
+    assert!(!list[0].expired);
     assert_eq!(list[0].expires_in_secs, 10);
 }
 
@@ -381,7 +381,7 @@ fn fqdn_list_is_sorted_filtered_and_serialisable() {
             "name": "z.com.",
             "ip": "4.4.4.4",
             "expires_in_secs": 30,
-            "expired_in_use": false,
+            "expired": false,
             "source": "lookup",
         })
     );
@@ -539,4 +539,45 @@ fn fqdn_save_to_an_unwritable_place_is_a_typed_error() {
         .save(&path, Instant::now(), wall(100))
         .expect_err("no directory");
     assert!(matches!(err, PersistError::Write { .. }), "{err}");
+}
+
+#[test]
+fn fqdn_global_limit_evicts_expired_in_use_entries_first() {
+    let mut c = FqdnCache::new(config(0, 1000, 2));
+    let t0 = Instant::now();
+    let a = ep("default/client");
+    c.observe(&a, "old.com", &ips(&["1.1.1.1"]), 5, t0);
+    c.observe(&a, "new.com", &ips(&["2.2.2.2"]), 60, t0);
+    assert!(c.expire(t0 + secs(10), |_, _| true).is_empty());
+    let out = c.observe(&a, "newer.com", &ips(&["3.3.3.3"]), 30, t0 + secs(10));
+    assert_eq!(out.added, ips(&["3.3.3.3"]));
+    assert_eq!(out.evicted.len(), 1);
+    assert_eq!(out.evicted[0].name, "old.com.");
+    assert_eq!(out.evicted[0].reason, RemovalReason::GlobalLimit);
+}
+
+#[test]
+fn fqdn_refreshed_ip_evicted_is_reported_for_withdrawal() {
+    let mut c = FqdnCache::new(config(0, 1, 1000));
+    let t0 = Instant::now();
+    let a = ep("default/client");
+    c.observe(&a, "a.com", &ips(&["1.1.1.1"]), 100, t0);
+    // Both now expire at t0+200; the tie goes by IP, so the refreshed 1.1.1.1 is evicted,
+    // and as it was programmed it is reported for withdrawal (and not as refreshed).
+    let out = c.observe(&a, "a.com", &ips(&["1.1.1.1", "1.1.1.9"]), 200, t0);
+    assert_eq!(out.added, ips(&["1.1.1.9"]));
+    assert!(out.refreshed.is_empty());
+    assert_eq!(out.evicted.len(), 1);
+    assert_eq!(out.evicted[0].ip, ip("1.1.1.1"));
+    assert_eq!(out.evicted[0].reason, RemovalReason::PerNameLimit);
+}
+
+#[test]
+fn fqdn_huge_ttl_does_not_overflow() {
+    let mut c = FqdnCache::default();
+    let t0 = Instant::now();
+    let a = ep("default/client");
+    c.observe(&a, "forever.com", &ips(&["1.1.1.1"]), u32::MAX, t0);
+    assert_eq!(c.list(None, t0)[0].expires_in_secs, u64::from(u32::MAX));
+    assert!(c.expire(t0 + secs(1 << 20), never_in_use).is_empty());
 }

@@ -6,6 +6,7 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use super::*;
+use crate::name_pattern::DnsSelectorSpec;
 
 /// A query in wire form, built by hand so the tests control every byte.
 struct Wire {
@@ -281,6 +282,16 @@ fn compression_loop_is_formerr() {
         }
     );
     assert_eq!(answer.metadata.id, 0xbeef);
+    // A pointer into the header would read the ID and flags as labels.
+    wire.questions = vec![question(&[3, b'w', b'w', b'w', 0xc0, 0], 1)];
+    let (error, _) = rejected(police(&wire.bytes(), &set));
+    assert!(matches!(
+        error,
+        QueryError::Malformed {
+            error: WireError::CompressionPointer,
+            ..
+        }
+    ));
     // A forward pointer (to bytes after the name) is refused the same way.
     wire.questions = vec![question(&[1, b'a', 0xc0, 20], 1)];
     let (error, _) = rejected(police(&wire.bytes(), &set));
@@ -721,7 +732,7 @@ fn fuzz_query_random_mutations() {
             }
         }
         fuzz_query(&bytes);
-        let kind = match police_query(&bytes, super::fuzz_rules(), DenyRcode::Refused) {
+        let kind = match police_query(&bytes, super::fuzz::fuzz_rules(), DenyRcode::Refused) {
             QueryVerdict::Allowed { .. } => 0,
             QueryVerdict::Denied { .. } => 1,
             QueryVerdict::Rejected { .. } => 2,

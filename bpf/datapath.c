@@ -260,7 +260,7 @@ static __always_inline __u8 match_kind(struct policy_value *v, int wildcard_iden
 	return wildcard_identity ? DP_MATCH_L4_ONLY : DP_MATCH_L3_L4;
 }
 
-/* The lookup order of datapath.h's policy map comment, steps 1-5. */
+/* The lookup order of datapath.h's policy map comment, steps 1-4. */
 static __always_inline void decide(const struct endpoint_value *ep, __u8 direction,
 				   __u32 remote, const struct pkt *p, struct verdict *out)
 {
@@ -305,18 +305,8 @@ static __always_inline void decide(const struct endpoint_value *ep, __u8 directi
 			return;
 		}
 	}
-	if (out->action == DP_ACT_ALLOW) {
-		/* Visibility only turns an allow into a redirect (SEMANTICS 7). */
-		if (a && (a->flags & DP_POLICY_F_VISIBILITY) && a->proxy_port) {
-			out->action = DP_ACT_REDIRECT;
-			out->proxy_port = a->proxy_port;
-		} else if (b && (b->flags & DP_POLICY_F_VISIBILITY) && b->proxy_port) {
-			out->action = DP_ACT_REDIRECT;
-			out->proxy_port = b->proxy_port;
-		} else {
-			out->proxy_port = 0;
-		}
-	}
+	if (out->action == DP_ACT_ALLOW)
+		out->proxy_port = 0;
 	if (out->action == DP_ACT_REDIRECT && out->proxy_port == 0) {
 		/* A redirect without a proxy port cannot be honoured: fail closed. */
 		out->action = DP_ACT_DENY;

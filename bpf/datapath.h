@@ -196,13 +196,11 @@ _Static_assert(sizeof(struct local_ip_key) == 20, "local_ip_key size");
  *      from the entry that redirects (a first if both do).
  *   4. if action is DP_ACT_NONE: drop when the endpoint's DP_EP_*_DEFAULT_DENY flag for D is
  *      set, allow otherwise.
- *   5. if action is DP_ACT_ALLOW and either entry has DP_POLICY_F_VISIBILITY: redirect to
- *      that entry's proxy port (SEMANTICS 7: visibility never changes the verdict, so it
- *      only turns an allow into a redirect and never allows by itself).
+ * Visibility annotations (SEMANTICS 7) need no step of their own: the agent compiles them
+ * into redirect entries for exactly what policy already allows.
  * Because an LPM lookup returns only the longest match for one identity, a broader entry of
  * the same identity is hidden by a narrower one (a deny on all ports of TCP by an allow on
- * TCP/80). The agent therefore writes into each entry the max() of the actions (and the OR
- * of the flags) of itself and every broader entry of the same (E, D, identity) that covers
+ * TCP/80). The agent therefore writes into each entry the max() of the actions of itself and every broader entry of the same (E, D, identity) that covers
  * it; across identities the programs merge (step 3). With that invariant the result equals the union semantics of SEMANTICS 2-3.
  * ------------------------------------------------------------------------------------- */
 struct policy_key {
@@ -236,16 +234,12 @@ _Static_assert(sizeof(struct policy_key) == 16, "policy_key size");
 #define DP_ACT_REDIRECT 2
 #define DP_ACT_DENY 3
 
-/* policy_value.flags */
-/* Redirect only for visibility (SEMANTICS 7); see lookup step 5. */
-#define DP_POLICY_F_VISIBILITY (1 << 0)
-
 struct policy_value {
-	/* DP_ACT_*. DP_ACT_NONE is stored only by visibility-only entries. */
+	/* DP_ACT_*, never DP_ACT_NONE. */
 	__u8 action;
-	/* DP_POLICY_F_*. */
+	/* Zero (reserved for flags). */
 	__u8 flags;
-	/* Proxy listening port (host byte order) for DP_ACT_REDIRECT and visibility entries;
+	/* Proxy listening port (host byte order) for DP_ACT_REDIRECT entries;
 	 * which proxy (HTTP or DNS) is decided by the agent when it picks the port. 0 otherwise. */
 	__u16 proxy_port;
 	/* Bits of the entry's key after DP_POLICY_STATIC_PREFIX (0 = L3-only, 8 = one protocol,

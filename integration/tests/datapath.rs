@@ -498,3 +498,40 @@ fn proxied_connections_leave_no_time_wait_in_the_node() {
         "TIME_WAIT on the redirected tuples: {held:?}"
     );
 }
+
+// Bad datapath flags stop the agent at start with a message naming what is wrong, before it
+// serves any policy.
+#[test]
+fn bad_datapath_flags_are_clear_errors() {
+    let node = integration::netns::Node::new("dpflags");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pins = std::path::Path::new("/sys/fs/bpf/sidecarless").join(node.ns.name());
+    let run = |extra: &[&str]| {
+        let output = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.ns.name()))
+            .arg(integration::binary("node-agent", "node-agent"))
+            .args(["run", "--node-name", "node1", "--source"])
+            .arg(format!("dir:{}", dir.path().display()))
+            .arg("--xds-socket")
+            .arg(dir.path().join("agent.sock"))
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run node-agent");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let pin_arg = pins.display().to_string();
+    let (ok, stderr) = run(&["--bpf-dir", &pin_arg, "--uplink", "no-such-dev"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("uplink device no-such-dev does not exist"),
+        "{stderr}"
+    );
+    let (ok, stderr) = run(&["--bpf-dir", dir.path().to_str().expect("utf-8 path")]);
+    assert!(!ok, "pinning outside bpffs must fail");
+    assert!(stderr.contains("loading the BPF object"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&pins);
+}

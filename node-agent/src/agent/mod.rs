@@ -153,12 +153,7 @@ impl PolicyPipeline {
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "datapath programmed"
                 );
-                let policy_changed = report.policy_upserts
-                    + report.policy_deletes
-                    + report.ipcache_upserts
-                    + report.ipcache_deletes
-                    > 0;
-                if policy_changed {
+                if report.policy_changed() {
                     Self::sweep(datapath, true);
                 }
             }

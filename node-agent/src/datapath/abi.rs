@@ -64,9 +64,6 @@ pub const DP_ACT_ALLOW: u8 = 1;
 pub const DP_ACT_REDIRECT: u8 = 2;
 pub const DP_ACT_DENY: u8 = 3;
 
-/// `policy_value.flags`: redirect for visibility only (SEMANTICS 7).
-pub const DP_POLICY_F_VISIBILITY: u8 = 1 << 0;
-
 /// `ct_value.flags`.
 pub const DP_CT_F_REPLY_SEEN: u8 = 1 << 0;
 pub const DP_CT_F_CLOSING: u8 = 1 << 1;
@@ -395,7 +392,6 @@ mod tests {
                 DP_ACT_ALLOW,
                 DP_ACT_REDIRECT,
                 DP_ACT_DENY,
-                DP_POLICY_F_VISIBILITY,
                 DP_CT_F_REPLY_SEEN,
                 DP_CT_F_CLOSING,
                 DP_CT_F_PROXY_SOURCED,

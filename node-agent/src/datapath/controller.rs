@@ -80,12 +80,16 @@ pub struct ReconcileReport {
 }
 
 impl ReconcileReport {
+    /// Nothing was written, attached or detached (pods still without a device aside).
     pub fn is_empty(&self) -> bool {
-        *self
-            == Self {
-                without_device: self.without_device.clone(),
-                ..Self::default()
-            }
+        self.policy_upserts + self.policy_deletes + self.ipcache_upserts + self.ipcache_deletes == 0
+            && self.attached.is_empty()
+            && self.detached.is_empty()
+    }
+
+    /// Identities or policy entries changed (established flows need a re-check).
+    pub fn policy_changed(&self) -> bool {
+        self.policy_upserts + self.policy_deletes + self.ipcache_upserts + self.ipcache_deletes > 0
     }
 }
 
@@ -140,10 +144,6 @@ impl Datapath {
     /// The ring buffer of events, for one reader.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.loaded.events.take()
-    }
-
-    pub fn pin_dir(&self) -> &std::path::Path {
-        &self.loaded.pin_dir
     }
 
     fn attach_uplinks(&mut self) -> Result<(), DatapathError> {
@@ -441,11 +441,6 @@ impl Datapath {
                 (net.prefix_len() > 0).then_some((net, value.identity))
             })
             .collect()
-    }
-
-    /// Endpoint ids by pod, as last programmed.
-    pub fn endpoint_ids(&self) -> &BTreeMap<EndpointKey, u16> {
-        &self.ids
     }
 }
 

@@ -9,7 +9,7 @@
 //!   `DP_POLICY_STATIC_PREFIX + 8 + (16 - log2(block size))` bits, the port in network order;
 //! - a port entry of protocol ANY becomes one entry per protocol (TCP, UDP, SCTP); only the
 //!   L3-only form (`PortKey::ANY`) stays one entry with protocol 0;
-//! - each entry carries the max action and OR of the flags of itself and of every broader
+//! - each entry carries the max action of itself and of every broader
 //!   entry of the same (endpoint, direction, identity) that covers it, because an LPM lookup
 //!   returns only the narrowest match;
 //! - default deny is not an entry but an endpoint flag ([`endpoint_value`]).
@@ -162,12 +162,11 @@ fn entry_value(entry: &PolicyEntry, direction: u8, ports: &ProxyPorts) -> (u8, u
     }
 }
 
-/// (action, flags, proxy port) merged by precedence: the larger action wins; the proxy
-/// port is kept from a redirecting entry; flags are ORed.
+/// (action, proxy port) merged by precedence: the larger action wins; the proxy port is
+/// kept from a redirecting entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Merged {
     action: u8,
-    flags: u8,
     proxy_port: u16,
 }
 
@@ -179,8 +178,7 @@ impl Merged {
         } else if other.action == self.action && self.proxy_port == 0 {
             self.proxy_port = other.proxy_port;
         }
-        self.flags |= other.flags;
-        if self.action != DP_ACT_REDIRECT && self.flags == 0 {
+        if self.action != DP_ACT_REDIRECT {
             self.proxy_port = 0;
         }
     }
@@ -200,11 +198,7 @@ fn direction_entries(
     let mut raw: BTreeMap<(Identity, L4Block), Merged> = BTreeMap::new();
     for entry in &policy.entries {
         let (action, proxy_port) = entry_value(entry, direction, ports);
-        let value = Merged {
-            action,
-            flags: 0,
-            proxy_port,
-        };
+        let value = Merged { action, proxy_port };
         let identities: Vec<Identity> = if entry.selection.all {
             vec![DP_IDENTITY_ANY]
         } else {
@@ -239,7 +233,7 @@ fn direction_entries(
             key,
             PolicyValue {
                 action: value.action,
-                flags: value.flags,
+                flags: 0,
                 proxy_port: value.proxy_port,
                 l4_prefixlen: block.l4_prefixlen,
                 pad: [0; 3],

@@ -10,6 +10,7 @@
 
 pub mod client;
 mod error;
+pub mod identity;
 pub mod server;
 
 pub use error::XdsError;

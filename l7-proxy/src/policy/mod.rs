@@ -4,7 +4,7 @@
 //!   HTTP rule set compiled once per policy version (and shared between endpoints and
 //!   versions while its rules do not change), endpoints indexed by IP. A resource that
 //!   cannot be compiled rejects the whole response (NACK): the previous state stays.
-//! - [`IdentityHandler`] turns the `Identity` resources into an [`IdentityMap`]: longest
+//! - [`IdentityHandler`] (in `xds::identity`, shared with the DNS proxy) turns the `Identity` resources into an [`IdentityMap`]: longest
 //!   prefix match from peer IP to identity, identity to labels.
 //! - [`EndpointPolicies::connection`] decides a connection at L3/L4 for one side of the flow
 //!   (the same verdict as the node-agent's `compiler::evaluate`), and
@@ -18,7 +18,6 @@ mod connection;
 mod convert;
 mod endpoint;
 mod flow;
-mod identity;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -30,4 +29,4 @@ pub use endpoint::{
     NamedHttpRuleSet, PolicyEntry, PortRange, Protocol, Reason,
 };
 pub use flow::{FlowAdmission, FlowDecision, FlowPolicy};
-pub use identity::{IdentityHandler, IdentityMap, WORLD};
+pub use xds::identity::{IdentityHandler, IdentityMap, WORLD};

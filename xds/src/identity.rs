@@ -11,8 +11,8 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::proto;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use xds::proto;
 
 /// The identity of addresses no prefix covers (SEMANTICS 1.6).
 pub const WORLD: u32 = 2;
@@ -197,15 +197,15 @@ fn canonical(net: IpNet) -> IpNet {
     }
 }
 
-/// [`xds::TypeHandler`] of [`xds::IDENTITY_TYPE`].
+/// [`crate::TypeHandler`] of [`crate::IDENTITY_TYPE`].
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IdentityHandler;
 
-impl xds::TypeHandler for IdentityHandler {
+impl crate::TypeHandler for IdentityHandler {
     type State = IdentityMap;
 
     fn type_url(&self) -> &'static str {
-        xds::IDENTITY_TYPE
+        crate::IDENTITY_TYPE
     }
 
     fn build(

@@ -57,6 +57,21 @@ impl AgentClient {
             .map_err(|status| self.rpc_error("Status", status))
     }
 
+    /// The agent's FQDN cache (`node-agent fqdn cache list`), optionally of one endpoint
+    /// ("NAMESPACE/POD"; empty for all).
+    pub async fn fqdn_cache(&self, endpoint: &str) -> Result<proto::FqdnCacheResponse, XdsError> {
+        let mut client = self.client.clone();
+        let mut request = tonic::Request::new(proto::FqdnCacheRequest {
+            endpoint: endpoint.to_owned(),
+        });
+        request.set_timeout(STATUS_TIMEOUT);
+        client
+            .fqdn_cache(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| self.rpc_error("FqdnCache", status))
+    }
+
     /// The agent's flow records (`node-agent observe`): the held ones, then with `follow`
     /// the new ones until the stream is dropped.
     pub async fn observe(

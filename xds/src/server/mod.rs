@@ -79,6 +79,23 @@ pub trait AgentHooks: Send + Sync + 'static {
         obs: proto::FqdnObservation,
     ) -> Result<proto::FqdnObservationResult, tonic::Status>;
 
+    /// The FQDN cache (`FqdnCache`), optionally of one endpoint ("NAMESPACE/POD").
+    /// The default answers UNIMPLEMENTED: this agent keeps no FQDN cache.
+    async fn fqdn_cache(
+        &self,
+        request: proto::FqdnCacheRequest,
+    ) -> Result<proto::FqdnCacheResponse, tonic::Status> {
+        let _ = request;
+        Err(tonic::Status::unimplemented(
+            "this agent keeps no FQDN cache",
+        ))
+    }
+
+    /// The FQDN cache's counters for `status`; `None` if there is no cache. Must be cheap.
+    fn fqdn_metrics(&self) -> Option<proto::FqdnMetrics> {
+        None
+    }
+
     /// Flow records received so far and how many were dropped, for `status`.
     fn flow_counts(&self) -> (u64, u64) {
         (0, 0)
@@ -180,6 +197,7 @@ impl PolicyServer {
             clients: self.shared.registry.clients(),
             flows_received,
             flows_dropped,
+            fqdn: self.shared.hooks.fqdn_metrics(),
         }
     }
 

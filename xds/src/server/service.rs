@@ -128,6 +128,14 @@ impl PolicyStream for PolicyService {
         Ok(Response::new(result))
     }
 
+    async fn fqdn_cache(
+        &self,
+        request: Request<proto::FqdnCacheRequest>,
+    ) -> Result<Response<proto::FqdnCacheResponse>, Status> {
+        let response = self.shared.hooks.fqdn_cache(request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
     async fn status(
         &self,
         _request: Request<proto::StatusRequest>,

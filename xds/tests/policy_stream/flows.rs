@@ -154,6 +154,27 @@ async fn observe_fqdn_round_trip() {
 }
 
 #[tokio::test]
+async fn fqdn_cache_round_trip() {
+    let socket = Socket::new();
+    let server = TestServer::start(&socket.path, ready(vec![(IDENTITY, at(1, &[]))]));
+    let agent = AgentClient::new(socket.endpoint()).expect("client");
+    let all = agent.fqdn_cache("").await.expect("cache listed");
+    assert_eq!(all.entries.len(), 1);
+    assert_eq!(all.entries[0].name, "api.example.");
+    assert_eq!(all.entries[0].source, "lookup");
+    assert_eq!(all.metrics.map(|m| m.entries), Some(1));
+    let other = agent
+        .fqdn_cache("default/other")
+        .await
+        .expect("cache listed");
+    assert!(other.entries.is_empty());
+    // The counters travel in the status too.
+    let status = agent.status().await.expect("status");
+    assert_eq!(status.fqdn.map(|m| m.observations), Some(1));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn fetch_status_names_a_missing_socket() {
     let socket = Socket::new();
     match xds::fetch_status(&socket.endpoint()).await {

@@ -143,6 +143,36 @@ impl AgentHooks for TestHooks {
             detail: format!("{} {} {}", obs.endpoint, obs.name, obs.ips.join(",")),
         })
     }
+
+    async fn fqdn_cache(
+        &self,
+        request: proto::FqdnCacheRequest,
+    ) -> Result<proto::FqdnCacheResponse, tonic::Status> {
+        let entry = proto::FqdnCacheEntry {
+            endpoint: "default/web".to_string(),
+            name: "api.example.".to_string(),
+            ip: "192.0.2.1".to_string(),
+            expires_in_seconds: 30,
+            source: "lookup".to_string(),
+            ..proto::FqdnCacheEntry::default()
+        };
+        let entries = [entry]
+            .into_iter()
+            .filter(|e| request.endpoint.is_empty() || e.endpoint == request.endpoint)
+            .collect();
+        Ok(proto::FqdnCacheResponse {
+            entries,
+            metrics: self.fqdn_metrics(),
+        })
+    }
+
+    fn fqdn_metrics(&self) -> Option<proto::FqdnMetrics> {
+        Some(proto::FqdnMetrics {
+            entries: 1,
+            observations: 1,
+            ..proto::FqdnMetrics::default()
+        })
+    }
 }
 
 /// A policy server on a unix socket, with its snapshot sender.

@@ -3,7 +3,10 @@
 # node-agent with its eBPF datapath and l7-proxy) and three pods (namespaces wired to it by
 # veth pairs): the deathstar (a real HTTP server on port 80), tiefighter and xwing. It
 # applies the L3/L4 policy, then the L7 policy, restarts the agent, and checks every
-# outcome the story tells. It removes what it created when it ends, fails or is interrupted.
+# outcome the story tells. Then the "AKS and Cilium 101" toFQDNs story (seeds/001): a pod
+# allowed DNS to the cluster DNS (dnsmasq in a pod, behind dns-proxy) and toFQDNs google.com
+# reaches google.com on "the internet" (a namespace outside the cluster) but not github.com.
+# It removes what it created when it ends, fails or is interrupted.
 #
 # Run as root from anywhere: bash examples/demo.sh    (exit 0: every step behaved)
 # The offline policy walkthrough (validate / explain / show) is examples/explain.sh.
@@ -29,6 +32,8 @@ need tc iproute2
 need nsenter util-linux
 need curl curl
 need python3 python3
+need dnsmasq dnsmasq-base
+need dig dnsutils
 [ -e /usr/include/bpf/bpf_helpers.h ] || packages+=(libbpf-dev)
 [ -e /usr/include/linux/bpf.h ] || packages+=(linux-libc-dev)
 if [ ${#packages[@]} -gt 0 ]; then
@@ -40,11 +45,12 @@ if [ ${#packages[@]} -gt 0 ]; then
         die "apt-get install ${packages[*]} failed: install them, then run again"
 fi
 
-step "Build the agent and the proxy"
-echo "\$ cargo build -p node-agent -p l7-proxy"
-cargo build --quiet -p node-agent -p l7-proxy
+step "Build the agent and the proxies"
+echo "\$ cargo build -p node-agent -p l7-proxy -p dns-proxy"
+cargo build --quiet -p node-agent -p l7-proxy -p dns-proxy
 agent=$root/target/debug/node-agent
 proxy=$root/target/debug/l7-proxy
+dns_proxy=$root/target/debug/dns-proxy
 
 # --- names, and cleanup whatever happens ---------------------------------------------------
 id=$$
@@ -74,7 +80,7 @@ cleanup() {
             tail -n 15 "$log" >&2
         done
     fi
-    for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null; done
+    for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null; rm -rf "/etc/netns/$ns"; done
     rm -rf "$bpf_dir"
     if [ -n "$work" ]; then rm -rf "$work"; fi
     exit "$rc"
@@ -85,6 +91,7 @@ for ns in $(ip netns list | awk '{print $1}' | grep -E '^sw-[a-z]+-[0-9]+$' || t
     echo "removing $ns and its processes, left by an earlier run"
     ip netns pids "$ns" | xargs -r kill -KILL 2>/dev/null || true
     ip netns del "$ns"
+    rm -rf "/etc/netns/$ns"
 done
 for dir in /sys/fs/bpf/sidecarless/demo-*; do
     [ -d "$dir" ] && ! [ -d "/proc/${dir##*-}" ] && { echo "removing $dir, left by an earlier run"; rm -rf "$dir"; }
@@ -101,7 +108,7 @@ manifests=$work/manifests
 sock=$work/agent.sock
 
 # --- the node and its pods -------------------------------------------------------------------
-step "A node and three pods, as network namespaces"
+step "A node, five pods and the internet, as network namespaces"
 ip netns add "$node"
 namespaces+=("$node")
 ip -n "$node" link set lo up
@@ -136,11 +143,32 @@ echo "  node       namespace $node (forwarding; every pod routes via 169.254.1.1
 add_pod deathstar 10.200.1.10   # org=empire, class=deathstar (examples/starwars/pods.yaml)
 add_pod tiefighter 10.200.1.11  # org=empire
 add_pod xwing 10.200.1.12       # org=alliance
+add_pod basicdeploy 10.244.0.32 # basics/basicdeploy-65ff8695df-p58zr, org=cilium101 (examples/to-google)
+add_pod coredns 10.244.0.14     # kube-system/coredns-0, k8s-app=kube-dns
 deathstar=${pod_ip[deathstar]}
+# The internet: one namespace outside the cluster (no pod object names it) holding
+# google.com's and github.com's addresses, routed from the node through ext0.
+internet=sw-internet-$id
+ip netns add "$internet"
+namespaces+=("$internet")
+no_ipv6 "$internet"
+ip -n "$node" link add ext0 type veth peer name eth0 netns "$internet"
+ip -n "$node" addr add 169.254.1.1/32 dev ext0
+ip -n "$node" link set ext0 up
+ip -n "$internet" link set lo up
+ip -n "$internet" link set eth0 up
+ip -n "$internet" route add 169.254.1.1 dev eth0 scope link
+ip -n "$internet" route add default via 169.254.1.1 dev eth0
+for ip in 142.250.74.46 140.82.114.3; do
+    ip -n "$internet" addr add "$ip/32" dev eth0
+    ip -n "$node" route add "$ip/32" dev ext0
+done
+printf '  %-10s %-12s namespace %-22s node-side device %s\n' internet "142.250.74.46 140.82.114.3" "$internet" ext0
 
 # The pods' manifests are what the agent learns endpoints from (spec.nodeName, status.podIP).
 mkdir -p "$manifests"
 cp examples/starwars/pods.yaml "$manifests/"
+cp examples/to-google/pods.yaml "$manifests/to-google-pods.yaml"
 
 echo "  deathstar: examples/starwars/deathstar.py on port 80"
 ip netns exec "${pod_ns[deathstar]}" python3 examples/starwars/deathstar.py --port 80 \
@@ -163,9 +191,23 @@ wait_for() { # WHAT TRIES COMMAND...: retry every 0.1 s
 wait_for "the deathstar server" 50 \
     ip netns exec "${pod_ns[deathstar]}" curl -sf --max-time 1 http://127.0.0.1/v1/healthz
 
-step "Start the agent and the proxy in the node"
+echo "  coredns: dnsmasq, authoritative for google.com and github.com"
+ip netns exec "${pod_ns[coredns]}" dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-poll \
+    --pid-file= --user=root --bind-interfaces --listen-address="${pod_ip[coredns]}" --log-facility=- \
+    --host-record=google.com,142.250.74.46,300 --host-record=github.com,140.82.114.3,300 \
+    >"$work/coredns.log" 2>&1 &
+pids+=($!) names+=("dnsmasq (coredns)")
+echo "  internet: examples/to-google/web.py on port 80 of every address"
+ip netns exec "$internet" python3 examples/to-google/web.py --port 80 >"$work/internet.log" 2>&1 &
+pids+=($!) names+=("the internet's web server")
+# `ip netns exec` mounts /etc/netns/NS/resolv.conf over /etc/resolv.conf: the pod's resolver
+# asks the cluster DNS, as kubelet sets it up.
+mkdir -p "/etc/netns/${pod_ns[basicdeploy]}"
+echo "nameserver ${pod_ip[coredns]}" >"/etc/netns/${pod_ns[basicdeploy]}/resolv.conf"
+
+step "Start the agent and the proxies in the node"
 agent_cmd=(nsenter "--net=/run/netns/$node" "$agent" run --source "dir:$manifests"
-    --node-name node1 --xds-socket "$sock" --bpf-dir "$bpf_dir")
+    --node-name node1 --xds-socket "$sock" --bpf-dir "$bpf_dir" --fqdn-state "$work/fqdn-cache.json")
 proxy_cmd=(ip netns exec "$node" "$proxy" --agent "unix:$sock"
     --ingress 0.0.0.0:15002 --egress 0.0.0.0:15001 --mark 0x300 --ingress-mark 0x400
     --upstream-source original --admin 127.0.0.1:9901)
@@ -178,14 +220,21 @@ echo "\$ ${proxy_cmd[*]}"
 pids+=($!) names+=("l7-proxy")
 wait_for "the proxy to be ready" 100 \
     ip netns exec "$node" curl -sf --max-time 1 http://127.0.0.1:9901/ready
+dns_proxy_cmd=(ip netns exec "$node" "$dns_proxy" --agent "unix:$sock" --mode transparent
+    --listen-port 15053 --mark 0x300 --admin 127.0.0.1:9902)
+echo "\$ ${dns_proxy_cmd[*]}"
+"${dns_proxy_cmd[@]}" >"$work/dns-proxy.log" 2>&1 &
+pids+=($!) names+=("dns-proxy")
+wait_for "the DNS proxy to be ready" 100 \
+    ip netns exec "$node" curl -sf --max-time 1 http://127.0.0.1:9902/ready
 attached() { # every pod's node-side device carries the agent's tc program
     local dev
-    for dev in lxc0 lxc1 lxc2; do
+    for dev in lxc0 lxc1 lxc2 lxc3 lxc4; do
         ip netns exec "$node" tc filter show dev "$dev" ingress | grep -q bpf || return 1
     done
 }
 wait_for "the datapath programs on the pod devices" 100 attached
-echo "  agent: maps pinned in $bpf_dir, tc programs on lxc0 lxc1 lxc2; proxy ready"
+echo "  agent: maps pinned in $bpf_dir, tc programs on lxc0 .. lxc4; proxies ready"
 
 # --- the story -----------------------------------------------------------------------------------
 failures=0
@@ -209,12 +258,12 @@ ok = s["clients"] and all(t["acked_version"] == s["versions"].get(t["type"])
                           for c in s["clients"] for t in c["types"])
 sys.exit(0 if ok else 1)'
 }
-apply_policy() { # FILE: what `kubectl apply -f FILE` does here
-    local before
+apply_policy() { # FILE [NAME]: what `kubectl apply -f FILE` does here
+    local before name=${2:-policy.yaml}
     before=$(programmed)
-    echo "\$ cp $1 $manifests/policy.yaml    # kubectl apply -f $1"
-    cp "$1" "$work/policy.yaml.new"
-    mv "$work/policy.yaml.new" "$manifests/policy.yaml" # whole, never half-written
+    echo "\$ cp $1 $manifests/$name    # kubectl apply -f $1"
+    cp "$1" "$work/$name.new"
+    mv "$work/$name.new" "$manifests/$name" # whole, never half-written
     wait_for "the agent to program the datapath" 50 programmed_since "$before"
     wait_for "the proxy to acknowledge the new policy" 50 proxy_in_sync
     echo "(applied: the agent reprogrammed the datapath's maps and the proxy acknowledged the new policy)"
@@ -283,6 +332,22 @@ flows_seen=0
 ship tiefighter 0 "Ship landed" -XPOST "$deathstar/v1/request-landing"
 landing_reported() { "$agent" observe --xds-socket "$sock" -o compact --last 100 | grep -q "http-response FORWARDED"; }
 for _ in $(seq 50); do landing_reported && break; sleep 0.1; done # the proxy's reports reconnect too
+observe
+
+step "5. toFQDNs (AKS and Cilium 101): DNS to kube-dns through the DNS proxy, then only google.com"
+echo "basicdeploy's resolver asks coredns (${pod_ip[coredns]}); no policy selects it yet:"
+ship basicdeploy 0 "<HTML>" http://github.com
+apply_policy examples/to-google/to-google.yaml to-google.yaml
+sed 's/^/  /' examples/to-google/to-google.yaml
+echo "google.com's answer reaches the pod only once the datapath allows its address for this pod:"
+ship basicdeploy 0 "<HTML>" http://google.com
+echo "github.com still resolves (DNS matchPattern \"*\"), but no toFQDNs selector matches it:"
+ship basicdeploy 28 "" http://github.com
+echo
+echo "\$ node-agent fqdn cache list --xds-socket $sock"
+"$agent" fqdn cache list --xds-socket "$sock" 2>&1 | sed 's/^/  /'
+dns_reported() { "$agent" observe --xds-socket "$sock" -o compact --last 100 | grep -q "DNS Query github.com"; }
+for _ in $(seq 50); do dns_reported && break; sleep 0.1; done # the DNS proxy reports in batches
 observe
 
 echo

@@ -187,6 +187,7 @@ pub struct Pod {
 pub struct Node {
     pub ns: Netns,
     pods: Vec<Pod>,
+    hosts: Vec<Pod>,
 }
 
 impl Node {
@@ -197,13 +198,31 @@ impl Node {
         Self {
             ns,
             pods: Vec::new(),
+            hosts: Vec::new(),
         }
     }
 
     /// Adds a pod with address `ip`. Its host-side device is `lxcN` in the node namespace.
     pub fn add_pod(&mut self, tag: &str, ip: Ipv4Addr) -> &Pod {
+        let pod = self.wire(tag, ip, &format!("lxc{}", self.pods.len()));
+        self.pods.push(pod);
+        let last = self.pods.len() - 1;
+        &self.pods[last]
+    }
+
+    /// Adds a machine outside the cluster (a web server "on the internet"), wired and routed
+    /// like a pod but through `extN`: no pod object names it, so it has no programs and its
+    /// address is the world's.
+    pub fn add_host(&mut self, tag: &str, ip: Ipv4Addr) -> &Pod {
+        let host = self.wire(tag, ip, &format!("ext{}", self.hosts.len()));
+        self.hosts.push(host);
+        let last = self.hosts.len() - 1;
+        &self.hosts[last]
+    }
+
+    fn wire(&self, tag: &str, ip: Ipv4Addr, host_device: &str) -> Pod {
         let pod_ns = Netns::new(tag);
-        let host_device = format!("lxc{}", self.pods.len());
+        let host_device = host_device.to_owned();
         let ip_text = ip.to_string();
         let gateway = POD_GATEWAY.to_string();
         // Created inside the node namespace with the peer moved straight into the pod's,
@@ -234,13 +253,15 @@ impl Node {
         pod_ns.ip(&["link", "set", "eth0", "up"]);
         pod_ns.ip(&["route", "add", &gateway, "dev", "eth0", "scope", "link"]);
         pod_ns.ip(&["route", "add", "default", "via", &gateway, "dev", "eth0"]);
-        self.pods.push(Pod {
+        Pod {
             ns: pod_ns,
             ip,
             host_device,
-        });
-        let last = self.pods.len() - 1;
-        &self.pods[last]
+        }
+    }
+
+    pub fn hosts(&self) -> &[Pod] {
+        &self.hosts
     }
 
     pub fn pods(&self) -> &[Pod] {

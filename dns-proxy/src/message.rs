@@ -261,6 +261,14 @@ impl CheckedQuery {
             .map_or(MIN_UDP_LIMIT, |e| e.max_payload().max(MIN_UDP_LIMIT))
     }
 
+    /// The same query under another ID: what the proxy sends upstream, so that answers are
+    /// checked against the ID the server saw.
+    pub fn with_id(&self, id: u16) -> Self {
+        let mut query = self.clone();
+        query.metadata.id = id;
+        query
+    }
+
     /// The query to forward, encoded from what was checked.
     pub fn encode(&self) -> Result<Vec<u8>, QueryError> {
         let mut msg = Message::new(self.metadata.id, MessageType::Query, OpCode::Query);
@@ -312,6 +320,17 @@ pub enum QueryVerdict {
 /// Police one client query (SEMANTICS 5.4, 5.5) against the rules of its (endpoint, port,
 /// protocol, DNS server peer).
 pub fn police_query(bytes: &[u8], rules: &DnsRuleSet, deny: DenyRcode) -> QueryVerdict {
+    police_query_with(bytes, deny, |labels| rules.matches_wire_labels(labels))
+}
+
+/// [`police_query`] with the rule lookup left to `matcher`, which gets the question's wire
+/// labels (as received) and returns the index of the rule that allows them, if any. The
+/// proxy uses it to try the rule sets of several policy entries in one pass.
+pub fn police_query_with(
+    bytes: &[u8],
+    deny: DenyRcode,
+    matcher: impl FnOnce(&[&[u8]]) -> Option<usize>,
+) -> QueryVerdict {
     let header = match read_header(bytes) {
         Ok(header) => header,
         Err(error) => return QueryVerdict::Dropped { error },
@@ -321,7 +340,7 @@ pub fn police_query(bytes: &[u8], rules: &DnsRuleSet, deny: DenyRcode) -> QueryV
         Err(error) => return reject(&header.metadata, error),
     };
     let labels: Vec<&[u8]> = query.question.name.iter().collect();
-    match rules.matches_wire_labels(&labels) {
+    match matcher(&labels) {
         Some(rule) => match query.encode() {
             Ok(forward) => QueryVerdict::Allowed {
                 query,
@@ -335,6 +354,17 @@ pub fn police_query(bytes: &[u8], rules: &DnsRuleSet, deny: DenyRcode) -> QueryV
             QueryVerdict::Denied { query, answer }
         }
     }
+}
+
+/// SERVFAIL for a query the proxy will not process (overload), built as cheaply as the
+/// bytes allow: the question echoed when the query parses, the bare header otherwise, and
+/// `None` when there is no usable header (such a query would be dropped anyway).
+pub fn shed_answer(bytes: &[u8]) -> Option<Vec<u8>> {
+    let header = read_header(bytes).ok()?;
+    Some(match parse_query(bytes, &header) {
+        Ok(query) => query.local_answer(ResponseCode::ServFail),
+        Err(_) => encode_answer(&response_for(&header.metadata, ResponseCode::ServFail)),
+    })
 }
 
 fn read_header(bytes: &[u8]) -> Result<Header, QueryError> {

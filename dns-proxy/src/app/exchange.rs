@@ -1,0 +1,162 @@
+//! Matching a server's answers to the queries waiting for them, by upstream ID: one
+//! [`Pending`] per upstream socket or connection, fed by that socket's reader task.
+//!
+//! Each forwarded query gets a fresh random ID (never the client's), so that answers on a
+//! shared socket cannot be confused and an off-path spoofer has to guess it. A packet with
+//! a waiting ID is handed to that query, which checks it (ID, question) and keeps waiting
+//! until its deadline when it does not fit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::message::{CheckedQuery, ResponseInfo, inspect_response};
+
+/// Answers a waiting query may hold before more are dropped (only spoofed or duplicate
+/// packets ever queue up).
+const ANSWER_QUEUE: usize = 4;
+
+/// Tries at drawing a free random ID before giving up (only when nearly 65,536 queries are
+/// in flight on one socket).
+const ID_TRIES: usize = 64;
+
+/// Why no answer came.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("the server did not answer in time")]
+    Timeout,
+    #[error("the upstream socket or connection closed")]
+    Closed,
+    #[error("no free query ID on the upstream socket")]
+    NoFreeId,
+    #[error("{0}")]
+    Io(String),
+}
+
+impl ExchangeError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Closed => "closed",
+            Self::NoFreeId => "no_free_id",
+            Self::Io(_) => "io",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    waiters: HashMap<u16, mpsc::Sender<Vec<u8>>>,
+    closed: bool,
+}
+
+/// The queries waiting on one upstream socket or connection.
+#[derive(Debug, Default)]
+pub struct Pending {
+    inner: Mutex<Inner>,
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reserves a free random ID; its answers arrive on the registration until it is
+    /// dropped.
+    pub fn register(self: &Arc<Self>) -> Result<Registration, ExchangeError> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return Err(ExchangeError::Closed);
+        }
+        for _ in 0..ID_TRIES {
+            let id: u16 = rand::random();
+            if let std::collections::hash_map::Entry::Vacant(slot) = inner.waiters.entry(id) {
+                let (sender, answers) = mpsc::channel(ANSWER_QUEUE);
+                slot.insert(sender);
+                return Ok(Registration {
+                    pending: self.clone(),
+                    id,
+                    answers,
+                });
+            }
+        }
+        Err(ExchangeError::NoFreeId)
+    }
+
+    /// Hands a packet to the query waiting for its ID; anything else is dropped.
+    pub fn dispatch(&self, packet: &[u8]) {
+        let [hi, lo, ..] = *packet else {
+            return;
+        };
+        let id = u16::from_be_bytes([hi, lo]);
+        if let Some(waiter) = self.lock().waiters.get(&id) {
+            let _ = waiter.try_send(packet.to_vec());
+        }
+    }
+
+    /// The socket is gone: every waiting query fails now, later ones at once.
+    pub fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.waiters.clear();
+    }
+
+    /// Whether [`Pending::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().waiters.is_empty()
+    }
+}
+
+/// A reserved upstream ID and the packets that arrive for it.
+#[derive(Debug)]
+pub struct Registration {
+    pending: Arc<Pending>,
+    pub id: u16,
+    answers: mpsc::Receiver<Vec<u8>>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.pending.lock().waiters.remove(&self.id);
+    }
+}
+
+impl Registration {
+    /// Waits until a packet is a valid answer to `upstream_query` (the query under this
+    /// registration's ID), or the deadline. Packets that do not fit are logged and ignored.
+    pub async fn answer(
+        &mut self,
+        upstream_query: &CheckedQuery,
+        deadline: Instant,
+    ) -> Result<(Vec<u8>, ResponseInfo), ExchangeError> {
+        loop {
+            let packet = match tokio::time::timeout_at(deadline, self.answers.recv()).await {
+                Err(_) => return Err(ExchangeError::Timeout),
+                Ok(None) => return Err(ExchangeError::Closed),
+                Ok(Some(packet)) => packet,
+            };
+            match inspect_response(upstream_query, &packet) {
+                Ok(info) => return Ok((packet, info)),
+                Err(error) => {
+                    tracing::debug!(%error, id = self.id, "ignoring an answer that does not fit the query");
+                }
+            }
+        }
+    }
+}
+
+/// The bytes to send upstream: the checked query re-encoded, under the upstream ID.
+pub fn with_upstream_id(forward: &[u8], id: u16) -> Vec<u8> {
+    let mut out = forward.to_vec();
+    if let Some(head) = out.get_mut(..2) {
+        head.copy_from_slice(&id.to_be_bytes());
+    }
+    out
+}

@@ -169,7 +169,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         upstream_timeout: config.upstream_timeout,
         in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
     });
-    let mark = config.mark.filter(|m| *m != 0);
+    let mut mark = config.mark.filter(|m| *m != 0);
     let (addrs, forward_to, replies) = match config.mode {
         Mode::Transparent { port } => (
             vec![
@@ -182,6 +182,16 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         Mode::Forward { listen, upstream } => (vec![listen], Some(upstream), ReplyPath::Listener),
     };
     let transparent = forward_to.is_none();
+    if let Some(m) = mark
+        && let Err(error) = sockets::probe_mark(m)
+    {
+        // Unmarked upstream traffic would be redirected back to the proxy by the datapath.
+        if transparent {
+            return Err(error.into());
+        }
+        tracing::warn!(%error, "forward mode without CAP_NET_ADMIN: upstream sockets are not marked");
+        mark = None;
+    }
     let udp_upstreams = UdpUpstreams::new(
         mark,
         config.original_source,

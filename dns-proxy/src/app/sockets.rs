@@ -83,6 +83,16 @@ impl Builder {
     }
 }
 
+/// Whether upstream sockets can carry `mark` (`SO_MARK` needs `CAP_NET_ADMIN`).
+pub fn probe_mark(mark: u32) -> Result<(), SocketError> {
+    let b = Builder {
+        purpose: "mark probe",
+        addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+    };
+    let socket = b.socket(Type::DGRAM, Protocol::UDP)?;
+    b.mark(&socket, Some(mark))
+}
+
 /// A UDP listener on `addr`; `transparent` adds `IP_TRANSPARENT` and the original
 /// destination control messages. IPv6 listeners are IPv6-only (the IPv4 one is separate).
 pub fn udp_listener(addr: SocketAddr, transparent: bool) -> Result<UdpSocket, SocketError> {

@@ -95,13 +95,26 @@ impl TcpFrontend {
         let mut tasks = JoinSet::new();
         loop {
             while tasks.try_join_next().is_some() {}
-            let frame = match tokio::time::timeout(self.idle_timeout, read_frame(&mut reader)).await
-            {
+            // Only waiting for the next frame to start may time out without harm: a read cut
+            // off mid-frame would lose the framing.
+            match tokio::time::timeout(self.idle_timeout, reader.readable()).await {
                 Err(_) if tasks.is_empty() => {
                     tracing::debug!(%client, "idle TCP connection closed");
                     break;
                 }
                 Err(_) => continue,
+                Ok(Err(error)) => {
+                    tracing::debug!(%client, %error, "reading from the client failed");
+                    break;
+                }
+                Ok(Ok(())) => {}
+            }
+            let frame = match tokio::time::timeout(self.idle_timeout, read_frame(&mut reader)).await
+            {
+                Err(_) => {
+                    tracing::debug!(%client, "client stalled inside a message; closing");
+                    break;
+                }
                 Ok(Ok(Some(frame))) => frame,
                 Ok(Ok(None)) => break,
                 Ok(Err(error)) => {
@@ -151,7 +164,11 @@ impl TcpFrontend {
             tokio::time::timeout_at(forward.deadline, writer.write_all(&framed(&bytes))).await
         };
         match written {
-            Err(_) => return Err(ExchangeError::Timeout),
+            Err(_) => {
+                // A write cut off mid-frame leaves the stream unusable.
+                upstream.pending.close();
+                return Err(ExchangeError::Timeout);
+            }
             Ok(Err(e)) => {
                 upstream.pending.close();
                 return Err(ExchangeError::Io(format!("writing to {}: {e}", ctx.server)));
@@ -230,9 +247,18 @@ fn framed(message: &[u8]) -> Vec<u8> {
     out
 }
 
+/// How long one answer may take to write to a client: a client that does not read must
+/// not hold its queries' `--max-in-flight` permits for ever.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn write_frame(writer: &Mutex<OwnedWriteHalf>, message: &[u8]) {
     let mut writer = writer.lock().await;
-    if let Err(error) = writer.write_all(&framed(message)).await {
-        tracing::debug!(%error, "writing the answer to the client failed");
+    match tokio::time::timeout(CLIENT_WRITE_TIMEOUT, writer.write_all(&framed(message))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "writing the answer to the client failed"),
+        Err(_) => {
+            tracing::debug!("the client does not read its answers; closing");
+            let _ = writer.shutdown().await;
+        }
     }
 }

@@ -24,6 +24,9 @@ use crate::message::ResponseInfo;
 /// Largest datagram read (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_535;
 
+/// Most reply sockets (one per server address) kept open.
+const MAX_REPLY_SOCKETS: usize = 1024;
+
 type PoolKey = (Option<IpAddr>, SocketAddr);
 
 #[derive(Debug)]
@@ -104,11 +107,16 @@ impl UdpUpstreams {
         let upstream = self.socket(ctx.client.ip(), ctx.server)?;
         let mut registration = upstream.pending.register()?;
         let bytes = with_upstream_id(&forward.bytes, registration.id);
-        upstream
-            .socket
-            .send(&bytes)
-            .await
-            .map_err(|e| ExchangeError::Io(format!("sending to {}: {e}", ctx.server)))?;
+        let mut sent = upstream.socket.send(&bytes).await;
+        if sent
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            // The error of an earlier datagram (ICMP unreachable), reported on this send:
+            // this one did not go out yet.
+            sent = upstream.socket.send(&bytes).await;
+        }
+        sent.map_err(|e| ExchangeError::Io(format!("sending to {}: {e}", ctx.server)))?;
         let upstream_query = forward.query.with_id(registration.id);
         registration.answer(&upstream_query, forward.deadline).await
     }
@@ -196,6 +204,15 @@ impl ReplyPath {
         let mut sockets = sockets.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(socket) = sockets.get(&server) {
             return Some(socket.clone());
+        }
+        if sockets.len() >= MAX_REPLY_SOCKETS {
+            // Clients choose the addresses: keep the descriptors bounded. Sockets in use
+            // close when their last answer is sent.
+            tracing::info!(
+                count = sockets.len(),
+                "too many reply sockets; closing them all"
+            );
+            sockets.clear();
         }
         match reply_socket(server) {
             Ok(socket) => {

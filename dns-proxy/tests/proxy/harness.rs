@@ -359,6 +359,11 @@ impl Proxy {
     /// Upstream, fake agent and proxy (forward mode), with `adjust` applied to the config;
     /// returns once the proxy has its policy.
     pub async fn start(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::try_start(adjust).await.expect("the proxy starts")
+    }
+
+    /// As [`Proxy::start`], but a proxy that cannot start is an error, not a panic.
+    pub async fn try_start(adjust: impl FnOnce(&mut Config)) -> Result<Self, app::AppError> {
         let upstream = Upstream::start().await;
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("agent.sock");
@@ -373,7 +378,7 @@ impl Proxy {
         config.admin = SocketAddr::from((CLIENT_IP, 0));
         config.upstream_timeout = Duration::from_millis(500);
         adjust(&mut config);
-        let running = app::start(config).await.expect("the proxy starts");
+        let running = app::start(config).await?;
         let proxy = Proxy {
             running,
             agent: Some(agent),
@@ -387,7 +392,7 @@ impl Proxy {
         })
         .await
         .expect("the proxy becomes ready");
-        proxy
+        Ok(proxy)
     }
 
     pub fn udp(&self) -> SocketAddr {

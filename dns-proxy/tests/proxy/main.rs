@@ -4,4 +4,5 @@
 mod agent;
 mod harness;
 mod tcp;
+mod transparent;
 mod udp;

@@ -138,29 +138,22 @@ impl Service {
             .as_ref()
             .and_then(|p| p.state.endpoint(ctx.client.ip()))
             .cloned();
-        let (entries, why_not) = match (&policies, &endpoint, ids) {
-            (None, _, _) | (_, _, None) => (
-                Vec::new(),
-                "no policy received from the agent yet".to_owned(),
+        let ready = policies.is_some() && ids.is_some();
+        let entries = match &endpoint {
+            Some(ep) if ready => covering(ep, ctx.transport, ctx.server.port(), peer),
+            _ => Vec::new(),
+        };
+        // Built only for denials: allowed queries must not pay for the text.
+        let why_not = || match &endpoint {
+            _ if !ready => "no policy received from the agent yet".to_owned(),
+            None => format!("no local endpoint has IP {}", ctx.client.ip()),
+            Some(ep) if entries.is_empty() => format!(
+                "no DNS rule of {} covers {}/{} to identity {peer}",
+                ep.name,
+                ctx.server.port(),
+                ctx.transport.name()
             ),
-            (Some(_), None, _) => (
-                Vec::new(),
-                format!("no local endpoint has IP {}", ctx.client.ip()),
-            ),
-            (Some(_), Some(ep), Some(_)) => {
-                let entries = covering(ep, ctx.transport, ctx.server.port(), peer);
-                let why = if entries.is_empty() {
-                    format!(
-                        "no DNS rule of {} covers {}/{} to identity {peer}",
-                        ep.name,
-                        ctx.server.port(),
-                        ctx.transport.name()
-                    )
-                } else {
-                    format!("no DNS rule of {} matches the name", ep.name)
-                };
-                (entries, why)
-            }
+            Some(ep) => format!("no DNS rule of {} matches the name", ep.name),
         };
         let mut origin = None;
         let verdict = police_query_with(bytes, self.deny, |labels| {
@@ -201,6 +194,7 @@ impl Service {
                     DenyRcode::NxDomain => hickory_proto::op::ResponseCode::NXDomain,
                 };
                 let q = question(&query);
+                let why_not = why_not();
                 tracing::debug!(client = %ctx.client, server = %ctx.server, name = %q.name, reason = %why_not, "query denied");
                 self.flows.report(parties(endpoint.as_deref()).request(
                     "DROPPED",

@@ -248,6 +248,8 @@ impl UdpFrontend {
                 Ok(received) => received,
                 Err(error) => {
                     tracing::debug!(%error, "UDP receive failed");
+                    // Never spin on an error that repeats.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                     continue;
                 }
             };

@@ -215,7 +215,7 @@ pub fn snapshot(dns_port: u16) -> Snapshot {
 /// The tiny upstream DNS server. By the question's first label (lower-cased):
 /// `slow`: answers after 300 ms; `drop`: never answers; `big`: 60 A records (over 512
 /// bytes); `spoof`: first an answer with another ID and one with another question, then the
-/// real one; anything else: A 192.0.2.1 and AAAA 2001:db8::1, TTL 300 and 60.
+/// real one; `close` (TCP): the server closes the connection; anything else: A 192.0.2.1 and AAAA 2001:db8::1, TTL 300 and 60.
 pub struct Upstream {
     pub addr: SocketAddr,
     /// (ID, question name as received) of every query.
@@ -280,6 +280,15 @@ async fn serve_tcp(stream: TcpStream, seen: Arc<Mutex<Vec<(u16, String)>>>) {
     let (mut reader, writer) = stream.into_split();
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
     while let Ok(query) = read_frame(&mut reader).await {
+        let closing = Message::from_vec(&query).is_ok_and(|m| {
+            m.queries
+                .first()
+                .is_some_and(|q| q.name.to_ascii().to_ascii_lowercase().starts_with("close."))
+        });
+        if closing {
+            let _ = writer.lock().await.shutdown().await;
+            return;
+        }
         let (writer, seen) = (writer.clone(), seen.clone());
         tokio::spawn(async move {
             for answer in answers(&query, &seen).await {

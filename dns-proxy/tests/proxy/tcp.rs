@@ -100,3 +100,41 @@ async fn tcp_upstream_timeout_is_servfail() {
     assert_eq!((first.metadata.id, second.metadata.id), (7, 6));
     assert_eq!(second.metadata.response_code, ResponseCode::ServFail);
 }
+
+// The upstream connection closing fails every waiting query at once (SERVFAIL, not the
+// timeout); the next query opens a new one.
+#[tokio::test]
+async fn upstream_close_fails_pending_queries_and_reconnects() {
+    let proxy = Proxy::start(|c| c.upstream_timeout = std::time::Duration::from_secs(5)).await;
+    let mut stream = connect(&proxy).await;
+    let started = std::time::Instant::now();
+    let mut both = framed(&query(1, "drop.test."));
+    both.extend_from_slice(&framed(&query(2, "close.test.")));
+    stream.write_all(&both).await.expect("write");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let answer = tokio::time::timeout(WAIT, read_frame(&mut stream))
+            .await
+            .expect("in time")
+            .expect("frame");
+        let msg = parse(&answer);
+        assert_eq!(msg.metadata.response_code, ResponseCode::ServFail);
+        ids.push(msg.metadata.id);
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    stream
+        .write_all(&framed(&query(3, "www.test.")))
+        .await
+        .expect("write");
+    let answer = tokio::time::timeout(WAIT, read_frame(&mut stream))
+        .await
+        .expect("in time")
+        .expect("frame");
+    let msg = parse(&answer);
+    assert_eq!(
+        (msg.metadata.id, msg.metadata.response_code),
+        (3, ResponseCode::NoError)
+    );
+}

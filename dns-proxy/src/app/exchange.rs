@@ -160,3 +160,71 @@ pub fn with_upstream_id(forward: &[u8], id: u16) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::message::{DenyRcode, QueryVerdict, police_query};
+    use crate::name_pattern::DnsRuleSet;
+
+    fn checked() -> (CheckedQuery, Vec<u8>) {
+        let mut bytes = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        bytes.extend_from_slice(b"\x03www\x04test\x00\x00\x01\x00\x01");
+        match police_query(&bytes, &DnsRuleSet::allow_all(), DenyRcode::Refused) {
+            QueryVerdict::Allowed { query, forward, .. } => (query, forward),
+            other => panic!("not allowed: {other:?}"),
+        }
+    }
+
+    /// The forwarded query turned into an empty NOERROR answer under `id`.
+    fn answer(forward: &[u8], id: u16) -> Vec<u8> {
+        let mut out = with_upstream_id(forward, id);
+        out[2] |= 0x80;
+        out
+    }
+
+    #[tokio::test]
+    async fn answers_reach_the_query_with_their_id_and_others_are_ignored() {
+        let pending = Arc::new(Pending::default());
+        let (query, forward) = checked();
+        let mut a = pending.register().expect("id");
+        let b = pending.register().expect("id");
+        assert_ne!(a.id, b.id);
+        let upstream = query.with_id(a.id);
+        // Another ID, a wrong question under the right ID, then the answer.
+        pending.dispatch(&answer(&forward, b.id));
+        let mut wrong = answer(&forward, a.id);
+        let at = wrong.len() - 6;
+        wrong[at] = b'x';
+        pending.dispatch(&wrong);
+        pending.dispatch(&answer(&forward, a.id));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (bytes, info) = a.answer(&upstream, deadline).await.expect("answer");
+        assert_eq!(u16::from_be_bytes([bytes[0], bytes[1]]), a.id);
+        assert_eq!(info.name.to_string(), "www.test.");
+        drop(b);
+        drop(a);
+        assert!(pending.is_empty());
+    }
+
+    #[tokio::test]
+    async fn timeout_and_close() {
+        let pending = Arc::new(Pending::default());
+        let (query, _) = checked();
+        let mut a = pending.register().expect("id");
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert_eq!(
+            a.answer(&query.with_id(a.id), soon).await,
+            Err(ExchangeError::Timeout)
+        );
+        pending.close();
+        let later = Instant::now() + Duration::from_secs(5);
+        assert_eq!(
+            a.answer(&query.with_id(a.id), later).await,
+            Err(ExchangeError::Closed)
+        );
+        assert_eq!(pending.register().err(), Some(ExchangeError::Closed));
+    }
+}

@@ -215,29 +215,21 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let mut tasks = JoinSet::new();
     let (mut udp_addrs, mut tcp_addrs) = (Vec::new(), Vec::new());
     for addr in addrs {
-        let udp = match sockets::udp_listener(addr, transparent) {
-            Ok(udp) => udp,
+        let (udp, udp_addr, tcp) = match listeners(addr, transparent) {
+            Ok(bound) => bound,
             Err(error) if addr.is_ipv6() && transparent => {
-                tracing::warn!(%error, "no IPv6 listener; serving IPv4 only");
+                tracing::warn!(%error, "no IPv6 listeners; serving IPv4 only");
                 continue;
             }
             Err(error) => return Err(error.into()),
         };
-        let udp_addr = udp.local_addr().map_err(|source| SocketError {
-            purpose: "UDP listener",
-            addr,
-            what: "getsockname",
-            source,
-        })?;
-        // Same port for TCP (matters when the configured port is 0).
-        let tcp = sockets::tcp_listener(udp_addr, transparent)?;
         let tcp_addr = tcp.local_addr().unwrap_or(udp_addr);
         tracing::info!(
             udp = %udp_addr,
             tcp = %tcp_addr,
             transparent,
             upstream = ?forward_to,
-            mark = ?mark,
+            mark = ?mark.map(|m| format!("{m:#x}")),
             original_source = config.original_source,
             "listening for DNS queries{}",
             if transparent {
@@ -276,4 +268,20 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         tasks,
         client,
     })
+}
+
+/// The UDP and TCP listeners on `addr`, on the same port (matters when the port is 0).
+fn listeners(
+    addr: SocketAddr,
+    transparent: bool,
+) -> Result<(tokio::net::UdpSocket, SocketAddr, tokio::net::TcpListener), SocketError> {
+    let udp = sockets::udp_listener(addr, transparent)?;
+    let udp_addr = udp.local_addr().map_err(|source| SocketError {
+        purpose: "UDP listener",
+        addr,
+        what: "getsockname",
+        source,
+    })?;
+    let tcp = sockets::tcp_listener(udp_addr, transparent)?;
+    Ok((udp, udp_addr, tcp))
 }

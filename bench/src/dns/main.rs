@@ -85,6 +85,11 @@ pub struct Args {
     /// B7: TTL of the responder's answers.
     #[arg(long, default_value_t = 30)]
     pub ttl: u32,
+    /// B6: redo a run (twice at most) when processes outside the bench used more than this
+    /// share of the machine meanwhile, as with steal; 100 turns it off (a machine shared
+    /// with builds: read the "other %" column instead).
+    #[arg(long, default_value_t = 100.0)]
+    pub max_other_percent: f64,
     /// Seed of the query order and of the order of systems within rounds.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -272,14 +277,18 @@ fn bench(args: Args) -> Result<()> {
     result
 }
 
-/// A run redone while steal is above 2 % (twice at most, then kept and visible).
-fn redo_on_steal<T>(mut run: impl FnMut() -> Result<T>, steal: impl Fn(&T) -> f64) -> Result<T> {
+/// A run redone while it was disturbed (twice at most, then kept and visible):
+/// `disturbed` says why, or None.
+fn redo_disturbed<T>(
+    mut run: impl FnMut() -> Result<T>,
+    disturbed: impl Fn(&T) -> Option<String>,
+) -> Result<T> {
     let mut sample = run()?;
     for _ in 0..2 {
-        if steal(&sample) <= 2.0 {
+        let Some(why) = disturbed(&sample) else {
             break;
-        }
-        eprintln!("  steal {:.1} %: redoing the run", steal(&sample));
+        };
+        eprintln!("  {why}: redoing the run");
         sample = run()?;
     }
     Ok(sample)
@@ -307,14 +316,23 @@ fn run_b6(
     let mut shuffler = Shuffler::new(seed);
     let duration = Duration::from_secs(args.duration);
     let warmup = Duration::from_secs(1);
+    let disturbed = |s: &b6::B6Sample| {
+        if s.steal_percent > 2.0 {
+            Some(format!("steal {:.1} %", s.steal_percent))
+        } else if s.other_percent > args.max_other_percent {
+            Some(format!("other processes {:.1} %", s.other_percent))
+        } else {
+            None
+        }
+    };
     for round in 0..args.rounds {
         let mut order = System::ALL.to_vec();
         shuffler.shuffle(&mut order);
         for &system in &order {
             env.measure(system, Some(args.rate), warmup, ticks)?;
-            let mut sample = redo_on_steal(
+            let mut sample = redo_disturbed(
                 || env.measure(system, Some(args.rate), duration, ticks),
-                |s| s.steal_percent,
+                disturbed,
             )?;
             sample.round = round;
             eprintln!(
@@ -333,10 +351,8 @@ fn run_b6(
             shuffler.shuffle(&mut order);
             for &system in &order {
                 let max = Duration::from_secs(args.max_duration);
-                let mut sample = redo_on_steal(
-                    || env.measure(system, None, max, ticks),
-                    |s| s.steal_percent,
-                )?;
+                let mut sample =
+                    redo_disturbed(|| env.measure(system, None, max, ticks), disturbed)?;
                 sample.round = round;
                 eprintln!(
                     "round {round} B6 max {:<15} {:>8.0} q/s sut {:>6.2} µs/q lost {}",

@@ -76,7 +76,7 @@ fn dirty_note() -> String {
 impl Report {
     pub fn new(args: &Args, seed: u64, date: &str) -> Self {
         let header = format!(
-            "Command: `cargo run --release -p bench --bin dns-bench -- --only {only} --rounds {rounds} --duration {dur} --max-duration {maxd} --rate {rate} --patterns {pat} --fqdn-rate {frate} --fqdn-seconds {fsec} --ttl {ttl} --seed {seed}` (as root).\n\n\
+            "Command: `cargo run --release -p bench --bin dns-bench -- --only {only} --rounds {rounds} --duration {dur} --max-duration {maxd} --rate {rate} --patterns {pat} --fqdn-rate {frate} --fqdn-seconds {fsec} --ttl {ttl} --max-other-percent {other} --seed {seed}` (as root).\n\n\
              | | |\n| --- | --- |\n| date | {date} |\n| kernel | {kernel} |\n| CPU | {nproc} x {cpu} |\n| commit | {commit}{dirty} |\n\
              | rustc | {rustc} |\n| dnsdist | {dnsdist} |\n| dnsmasq | {dnsmasq} |\n| dnsperf | {dnsperf} |\n\
              | pinning | systems under test (dns-proxy + node-agent, dnsdist) on CPU 0; dnsperf, dnsmasq, the B7 responder, web sink and load tool on CPU 1 |\n",
@@ -89,6 +89,7 @@ impl Report {
             frate = args.fqdn_rate,
             fsec = args.fqdn_seconds,
             ttl = args.ttl,
+            other = args.max_other_percent,
             kernel = command_line("uname", &["-r"]),
             nproc = command_line("nproc", &[]),
             cpu = cpu_model(),

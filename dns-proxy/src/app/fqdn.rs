@@ -1,12 +1,14 @@
 //! The FQDN hold (SEMANTICS 6.2, 6.3): an allowed NOERROR answer with A/AAAA records is
 //! reported to the agent, and released to the client only when the agent says the datapath
-//! allows its IPs, or at the bound, whichever comes first. Nothing else in the proxy waits
-//! on the agent.
+//! allows its IPs, or at the bound, whichever comes first (the observation still goes on
+//! after the bound, so the agent learns the IPs late rather than never). Nothing else in
+//! the proxy waits on the agent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use xds::AgentClient;
 use xds::proto;
@@ -18,6 +20,13 @@ use crate::message::ResponseInfo;
 /// agent away every answer fails, and the log must stay readable.
 const ERROR_LOG_PERIOD: Duration = Duration::from_secs(60);
 
+/// How long an observation may keep trying after its answer was released.
+const CALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// Observations in flight at most (a stalled agent must not pile up tasks without bound);
+/// past it an answer is released at once and counted as an error.
+const MAX_CALLS: usize = 4096;
+
 /// Most endpoints remembered for log throttling before the memory is cleared.
 const ERROR_LOG_ENDPOINTS: usize = 4096;
 
@@ -28,6 +37,7 @@ pub struct FqdnHold {
     bound: Duration,
     metrics: Arc<Metrics>,
     last_logged: Mutex<HashMap<String, Instant>>,
+    calls: Arc<Semaphore>,
 }
 
 /// How a hold ended.
@@ -48,6 +58,7 @@ impl FqdnHold {
             bound,
             metrics,
             last_logged: Mutex::new(HashMap::new()),
+            calls: Arc::new(Semaphore::new(MAX_CALLS)),
         }
     }
 
@@ -64,16 +75,28 @@ impl FqdnHold {
             ttl_seconds: info.min_ttl.unwrap_or(0),
         };
         let started = Instant::now();
-        let outcome = match &self.agent {
-            None => HoldOutcome::Failed("no agent client".to_owned()),
-            Some(agent) => {
-                match tokio::time::timeout(self.bound, agent.observe_fqdn(observation)).await {
+        let outcome = match (&self.agent, self.calls.clone().try_acquire_owned()) {
+            (None, _) => HoldOutcome::Failed("no agent client".to_owned()),
+            (Some(_), Err(_)) => {
+                HoldOutcome::Failed("too many FQDN observations waiting for the agent".to_owned())
+            }
+            (Some(agent), Ok(permit)) => {
+                // The call runs on its own task: past the hold the answer is released, but
+                // the agent still gets the observation (dropping the call would cancel it).
+                let agent = agent.clone();
+                let call = tokio::spawn(async move {
+                    let _permit = permit;
+                    tokio::time::timeout(CALL_LIMIT, agent.observe_fqdn(observation)).await
+                });
+                match tokio::time::timeout(self.bound, call).await {
                     Err(_) => HoldOutcome::TimedOut,
-                    Ok(Ok(result)) if result.allowed => HoldOutcome::Allowed,
-                    Ok(Ok(result)) => {
+                    Ok(Err(e)) => HoldOutcome::Failed(e.to_string()),
+                    Ok(Ok(Err(_))) => HoldOutcome::Failed(format!("no answer in {CALL_LIMIT:?}")),
+                    Ok(Ok(Ok(Ok(result)))) if result.allowed => HoldOutcome::Allowed,
+                    Ok(Ok(Ok(Ok(result)))) => {
                         HoldOutcome::Failed(format!("agent did not allow: {}", result.detail))
                     }
-                    Ok(Err(e)) => HoldOutcome::Failed(e.to_string()),
+                    Ok(Ok(Ok(Err(e)))) => HoldOutcome::Failed(e.to_string()),
                 }
             }
         };

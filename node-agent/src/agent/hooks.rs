@@ -1,17 +1,19 @@
 //! What the agent does with what proxies and the datapath report: flow records go into a
 //! bounded buffer (oldest dropped and counted, never blocking a proxy) and out to live
 //! listeners (`monitor`, `observe --follow`) through a broadcast channel that never waits
-//! for a slow one; FQDN observations are recorded.
+//! for a slow one; FQDN observations and cache listings go to the event loop that owns
+//! the compiler, and are answered from there.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, mpsc};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 use xds::proto;
 use xds::server::{AgentHooks, EventReceiver, FlowHistory};
 
 use super::events::{self, Names};
+use super::fqdn::{CacheRequest, FqdnRequest, LoopEvent};
 use crate::compiler::Compiler;
 use crate::datapath::abi::DpEvent;
 
@@ -29,6 +31,10 @@ pub struct Hooks {
     events: broadcast::Sender<Arc<proto::MonitorEvent>>,
     /// Replaced as a whole after every policy apply.
     names: RwLock<Arc<Names>>,
+    /// The event loop, once it runs.
+    loop_tx: Mutex<Option<mpsc::Sender<LoopEvent>>>,
+    /// The FQDN cache's counters as of the loop's last pass.
+    fqdn_metrics: Mutex<Option<proto::FqdnMetrics>>,
 }
 
 impl Hooks {
@@ -41,7 +47,32 @@ impl Hooks {
             dropped: AtomicU64::new(0),
             events,
             names: RwLock::new(Arc::new(Names::default())),
+            loop_tx: Mutex::new(None),
+            fqdn_metrics: Mutex::new(None),
         }
+    }
+
+    /// From now on FQDN calls go to this event loop.
+    pub fn connect_loop(&self, tx: mpsc::Sender<LoopEvent>) {
+        *self.loop_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    }
+
+    /// The loop is stopping: FQDN calls are refused from now on.
+    pub fn disconnect_loop(&self) {
+        *self.loop_tx.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn set_fqdn_metrics(&self, metrics: proto::FqdnMetrics) {
+        *self.fqdn_metrics.lock().unwrap_or_else(|p| p.into_inner()) = Some(metrics);
+    }
+
+    fn send_to_loop(&self, event: LoopEvent) -> bool {
+        let tx = self
+            .loop_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        tx.is_some_and(|tx| tx.send(event).is_ok())
     }
 
     pub fn counts(&self) -> (u64, u64) {
@@ -167,19 +198,41 @@ impl AgentHooks for Hooks {
         &self,
         observation: proto::FqdnObservation,
     ) -> Result<proto::FqdnObservationResult, tonic::Status> {
-        tracing::info!(
+        tracing::trace!(
             endpoint = observation.endpoint,
             name = observation.name,
             ips = ?observation.ips,
             ttl = observation.ttl_seconds,
             "FQDN observation"
         );
-        // toFQDNs enforcement needs the datapath (its own issue): until then the agent
-        // can only say that nothing was programmed.
-        Ok(proto::FqdnObservationResult {
+        let not_running = || proto::FqdnObservationResult {
             allowed: false,
-            detail: "this node runs no datapath yet: the IPs were not programmed".into(),
-        })
+            detail:
+                "the agent is not running its event loop (starting or stopping): nothing programmed"
+                    .into(),
+        };
+        let (reply, answer) = oneshot::channel();
+        if !self.send_to_loop(LoopEvent::Observe(FqdnRequest { observation, reply })) {
+            return Ok(not_running());
+        }
+        // A dropped reply means the loop stopped before answering.
+        Ok(answer.await.unwrap_or_else(|_| not_running()))
+    }
+
+    async fn fqdn_cache(
+        &self,
+        request: proto::FqdnCacheRequest,
+    ) -> Result<proto::FqdnCacheResponse, tonic::Status> {
+        let unavailable = || tonic::Status::unavailable("the agent's event loop is not running");
+        let (reply, answer) = oneshot::channel();
+        if !self.send_to_loop(LoopEvent::ListCache(CacheRequest { request, reply })) {
+            return Err(unavailable());
+        }
+        answer.await.map_err(|_| unavailable())?
+    }
+
+    fn fqdn_metrics(&self) -> Option<proto::FqdnMetrics> {
+        *self.fqdn_metrics.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -6,11 +6,13 @@
 //! new snapshot.
 
 pub mod events;
+mod fqdn;
 mod hooks;
 mod ring;
 pub mod snapshot;
 
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -19,6 +21,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use xds::server::{PolicyServer, Snapshot};
 
+pub use fqdn::{CacheRequest, DEFAULT_EXPIRY_GRACE, FqdnRequest, FqdnSettings, LoopEvent};
 pub use hooks::Hooks;
 use snapshot::SnapshotBuilder;
 
@@ -71,18 +74,30 @@ pub struct PolicyPipeline {
     /// Programmed after every apply once the source is completely read.
     datapath: Option<Datapath>,
     ready: bool,
+    fqdn: fqdn::FqdnRuntime,
 }
 
 impl PolicyPipeline {
     pub fn new(node_name: &str) -> (Self, watch::Receiver<Arc<Snapshot>>) {
+        Self::with_fqdn(node_name, FqdnSettings::default())
+    }
+
+    /// A pipeline whose FQDN cache has these limits, grace and file.
+    pub fn with_fqdn(
+        node_name: &str,
+        settings: FqdnSettings,
+    ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
         let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let mut compiler = Compiler::new(EndpointScope::Node(node_name.to_owned()));
+        compiler.set_fqdn_config(settings.config);
         let pipeline = Self {
-            compiler: Compiler::new(EndpointScope::Node(node_name.to_owned())),
+            compiler,
             builder: SnapshotBuilder::new(),
             publish,
             hooks: None,
             datapath: None,
             ready: false,
+            fqdn: fqdn::FqdnRuntime::new(settings),
         };
         (pipeline, snapshots)
     }
@@ -101,6 +116,43 @@ impl PolicyPipeline {
                 event => self.compiler.apply(event),
             }
         }
+        self.flush_publish_reconcile(started, count, synced);
+    }
+
+    /// Handles one wake-up's worth of loop events: source events first (so an answer for
+    /// a pod that just appeared finds it), then every queued DNS answer in one pass, then
+    /// cache listings. Returns false on `Shutdown`.
+    pub fn handle(&mut self, events: Vec<LoopEvent>) -> bool {
+        let mut sources = Vec::new();
+        let mut observations = Vec::new();
+        let mut listings = Vec::new();
+        let mut running = true;
+        for event in events {
+            match event {
+                LoopEvent::Source(e) => sources.push(e),
+                LoopEvent::Observe(r) => observations.push(r),
+                LoopEvent::ListCache(r) => listings.push(r),
+                LoopEvent::Shutdown => running = false,
+            }
+        }
+        if !sources.is_empty() {
+            self.apply(sources);
+        }
+        if !observations.is_empty() {
+            self.observe_fqdn(observations);
+        }
+        for CacheRequest { request, reply } in listings {
+            let _ = reply.send(self.fqdn_cache_list(&request));
+        }
+        if !running {
+            self.save_fqdn(true);
+        }
+        running
+    }
+
+    /// Recompiles what the compiler recorded, publishes and reconciles the datapath if
+    /// anything changed; returns whether it reconciled.
+    fn flush_publish_reconcile(&mut self, started: Instant, count: usize, synced: bool) -> bool {
         let changes = self.compiler.flush();
         if let Some(hooks) = &self.hooks {
             hooks.update_names(&self.compiler);
@@ -125,6 +177,7 @@ impl PolicyPipeline {
         if changed || synced {
             self.reconcile_datapath();
         }
+        changed || synced
     }
 
     /// Brings the datapath to the compiled state. Never before the source has been read
@@ -135,6 +188,7 @@ impl PolicyPipeline {
         if !self.ready {
             return;
         }
+        let exempt = fqdn::zombie_flows(&self.compiler);
         let Some(datapath) = self.datapath.as_mut() else {
             return;
         };
@@ -154,7 +208,7 @@ impl PolicyPipeline {
                     "datapath programmed"
                 );
                 if report.policy_changed() {
-                    Self::sweep(datapath, true);
+                    Self::sweep(datapath, true, &exempt);
                 }
             }
             Err(error) => {
@@ -167,12 +221,24 @@ impl PolicyPipeline {
     /// then by the event loop.
     pub fn expire_conntrack(&mut self) {
         if let Some(datapath) = self.datapath.as_mut() {
-            Self::sweep(datapath, false);
+            Self::sweep(datapath, false, &BTreeSet::new());
         }
     }
 
-    fn sweep(datapath: &mut Datapath, recheck: bool) {
-        match datapath.sweep_conntrack(recheck) {
+    /// The event loop's periodic work: FQDN expiry (recompiled and published when it
+    /// changed something), the datapath refresh, saving the FQDN cache.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        let reconciled = self.expire_fqdn(now) && self.flush_publish_reconcile(now, 0, false);
+        if !reconciled {
+            self.reconcile_datapath();
+        }
+        self.save_fqdn(false);
+        self.publish_fqdn_metrics();
+    }
+
+    fn sweep(datapath: &mut Datapath, recheck: bool, exempt: &BTreeSet<(IpAddr, IpAddr)>) {
+        match datapath.sweep_conntrack(recheck, exempt) {
             Ok(report) if report.expired + report.denied > 0 => tracing::info!(
                 scanned = report.scanned,
                 expired = report.expired,
@@ -206,12 +272,22 @@ fn short_type(type_url: &str) -> &str {
     type_url.rsplit('.').next().unwrap_or(type_url)
 }
 
-/// Runs the agent until `shutdown` resolves.
+/// Runs the agent until `shutdown` resolves, with the default FQDN settings and no FQDN
+/// state file.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
-    let (mut pipeline, snapshots) = PolicyPipeline::new(&config.node_name);
+    run_with_fqdn(config, FqdnSettings::default(), shutdown).await
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run_with_fqdn(
+    config: AgentConfig,
+    fqdn: FqdnSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let (mut pipeline, snapshots) = PolicyPipeline::with_fqdn(&config.node_name, fqdn);
     let hooks = Arc::new(Hooks::new(config.flow_buffer));
     pipeline.set_hooks(hooks.clone());
     let hooks_for_events = hooks.clone();
@@ -250,6 +326,9 @@ pub async fn run(
             }
             pipeline.set_datapath(datapath);
         }
+        // After the datapath (its pinned ipcache hints the restored IPs' numbers), before
+        // the source (whose toFQDNs selectors give them identities).
+        pipeline.load_fqdn();
         let events = source.load()?;
         tracing::info!(dir = %dir.display(), objects = events.len(), "source loaded");
         pipeline.apply(events);
@@ -258,30 +337,53 @@ pub async fn run(
     .await
     .map_err(|_| AgentError::EventLoop)??;
 
-    let (events_tx, events_rx) = mpsc::channel();
+    let (loop_tx, loop_rx) = mpsc::channel::<LoopEvent>();
+    let (events_tx, events_rx) = mpsc::channel::<SourceEvent>();
     let watch_guard = source.watch(events_tx)?;
+    // The watcher speaks `SourceEvent`s; this thread forwards them into the loop's one
+    // queue and ends with the watch.
+    let forward_tx = loop_tx.clone();
+    std::thread::Builder::new()
+        .name("source-forward".into())
+        .spawn(move || {
+            for event in events_rx {
+                if forward_tx.send(LoopEvent::Source(event)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|_| AgentError::EventLoop)?;
+    hooks_for_events.connect_loop(loop_tx.clone());
     let event_loop = tokio::task::spawn_blocking(move || {
-        // Each wake-up drains everything queued, so a burst of edits is one recompile.
-        // Without events the datapath is still refreshed now and then: a pod's device
-        // can appear after the pod object (the CNI creates it).
-        let mut idle_ticks = 0u64;
+        // Each wake-up drains everything queued, so a burst of edits is one recompile and
+        // a burst of DNS answers one programming pass. The tick runs every second even
+        // under a steady stream of events: the datapath refresh (a pod's device can
+        // appear after the pod object), FQDN expiry, saving the FQDN cache.
+        let mut ticks = 0u64;
+        let mut next_tick = Instant::now() + DATAPATH_REFRESH;
         loop {
-            match events_rx.recv_timeout(DATAPATH_REFRESH) {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match loop_rx.recv_timeout(wait) {
                 Ok(first) => {
                     let mut batch = vec![first];
-                    batch.extend(events_rx.try_iter());
-                    pipeline.apply(batch);
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    pipeline.reconcile_datapath();
-                    idle_ticks += 1;
-                    if idle_ticks.is_multiple_of(CONNTRACK_EXPIRY_TICKS) {
-                        pipeline.expire_conntrack();
+                    batch.extend(loop_rx.try_iter());
+                    if !pipeline.handle(batch) {
+                        break;
                     }
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
+            if Instant::now() >= next_tick {
+                pipeline.tick();
+                ticks += 1;
+                if ticks.is_multiple_of(CONNTRACK_EXPIRY_TICKS) {
+                    pipeline.expire_conntrack();
+                }
+                next_tick = Instant::now() + DATAPATH_REFRESH;
+            }
         }
+        pipeline.save_fqdn(true);
     });
 
     tokio::select! {
@@ -295,6 +397,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     drop(watch_guard);
     while servers.join_next().await.is_some() {}
+    hooks_for_events.disconnect_loop();
+    let _ = loop_tx.send(LoopEvent::Shutdown);
+    drop(loop_tx);
     let _ = event_loop.await;
     Ok(())
 }

@@ -21,6 +21,9 @@ use crate::policy::{L7Spec, Protocol};
 #[derive(Debug)]
 pub struct SnapshotBuilder {
     ready: bool,
+    /// The identity resources were built from scratch once; since then they are updated
+    /// one identity at a time (`Changes::identities`).
+    identities_built: bool,
     policies: TypeSnapshot,
     identities: TypeSnapshot,
 }
@@ -46,6 +49,7 @@ impl SnapshotBuilder {
         };
         Self {
             ready: false,
+            identities_built: false,
             policies: start(),
             identities: start(),
         }
@@ -60,9 +64,31 @@ impl SnapshotBuilder {
     /// Brings the resources up to date with `changes`; returns whether anything changed.
     pub fn update(&mut self, compiler: &Compiler, changes: &Changes) -> bool {
         let mut changed = false;
-        if changes.ipcache_changed {
+        if changes.ipcache_changed && !self.identities_built {
             let fresh = identity_resources(compiler);
             changed |= replace_all(&mut self.identities, fresh);
+            self.identities_built = true;
+        } else if !changes.identities.is_empty() {
+            // One identity at a time: a learned FQDN IP must not cost a rebuild of every
+            // identity resource.
+            let next = self.identities.version + 1;
+            let mut identities_changed = false;
+            for id in &changes.identities {
+                match identity_resource(compiler, *id) {
+                    Some(body) => {
+                        identities_changed |=
+                            upsert(&mut self.identities, id.to_string(), body, next);
+                    }
+                    None => {
+                        identities_changed |=
+                            self.identities.resources.remove(&id.to_string()).is_some();
+                    }
+                }
+            }
+            if identities_changed {
+                self.identities.version = next;
+            }
+            changed |= identities_changed;
         }
         let next = self.policies.version + 1;
         let mut policies_changed = false;
@@ -144,6 +170,10 @@ fn identity_resources(compiler: &Compiler) -> BTreeMap<String, proto::resource::
         .identities()
         .iter()
         .map(|(id, labels)| {
+            if let Some(list) = prefixes.get_mut(&id) {
+                // The same order as `identity_resource`, so both build equal resources.
+                list.sort_unstable();
+            }
             let body = proto::resource::Body::Identity(proto::Identity {
                 id,
                 labels: labels.to_strings(),
@@ -157,6 +187,18 @@ fn identity_resources(compiler: &Compiler) -> BTreeMap<String, proto::resource::
             (id.to_string(), body)
         })
         .collect()
+}
+
+/// The resource of one identity, or `None` if it no longer exists.
+fn identity_resource(compiler: &Compiler, id: Identity) -> Option<proto::resource::Body> {
+    let labels = compiler.identities().labels(id)?;
+    let mut prefixes = compiler.prefixes_of(id);
+    prefixes.sort_unstable();
+    Some(proto::resource::Body::Identity(proto::Identity {
+        id,
+        labels: labels.to_strings(),
+        prefixes: prefixes.iter().map(ToString::to_string).collect(),
+    }))
 }
 
 pub fn network_policy(endpoint: &EndpointPolicy) -> proto::NetworkPolicy {

@@ -2,6 +2,7 @@
 //! the argument definitions and what they share (loading a folder of manifests).
 
 mod explain;
+mod fqdn;
 pub mod monitor;
 pub mod observe;
 mod run;
@@ -51,6 +52,9 @@ pub enum Command {
     Monitor(monitor::MonitorArgs),
     /// Print a running agent's flow records like `hubble observe`.
     Observe(observe::ObserveArgs),
+    /// A running agent's toFQDNs state.
+    #[command(subcommand)]
+    Fqdn(fqdn::FqdnCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -95,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { xds_socket, output } => status::run(&xds_socket, output),
         Command::Monitor(args) => monitor::run(&args),
         Command::Observe(args) => observe::run(&args),
+        Command::Fqdn(command) => fqdn::run(&command),
     }
 }
 

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::agent::{self, AgentConfig};
+use crate::agent::{self, AgentConfig, FqdnSettings};
 use crate::datapath::{self, DatapathConfig, entries::ProxyPorts, loader::DEFAULT_PIN_ROOT};
+use crate::fqdn::FqdnConfig;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -50,7 +51,23 @@ pub struct RunArgs {
     /// Routing table for packets steered to a proxy (ip rule fwmark 0x200/0xf00).
     #[arg(long, default_value_t = datapath::controller::DEFAULT_PROXY_TABLE)]
     pub proxy_routing_table: u32,
+    /// Minimum TTL (seconds) of the IPs DNS answers teach toFQDNs selectors.
+    #[arg(long, default_value_t = FqdnConfig::DEFAULT_MIN_TTL_SECS)]
+    pub fqdn_min_ttl: u32,
+    /// Most IPs kept per DNS name and endpoint (the earliest-expiring go first).
+    #[arg(long, default_value_t = FqdnConfig::DEFAULT_MAX_IPS_PER_NAME)]
+    pub fqdn_max_ips_per_name: usize,
+    /// How long after its expiry a learned IP stays allowed at least, in seconds.
+    #[arg(long, default_value_t = agent::DEFAULT_EXPIRY_GRACE.as_secs())]
+    pub fqdn_expiry_grace: u64,
+    /// File the FQDN cache is saved to, and restored from at start
+    /// [default: /var/lib/sidecarless/NODE-NAME/fqdn-cache.json].
+    #[arg(long)]
+    pub fqdn_state: Option<PathBuf>,
 }
+
+/// Where the FQDN cache is saved unless told otherwise.
+pub const DEFAULT_FQDN_STATE_ROOT: &str = "/var/lib/sidecarless";
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let Some(dir) = args.source.strip_prefix("dir:") else {
@@ -82,6 +99,22 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             routing_table: args.proxy_routing_table,
         }),
     };
+    if args.fqdn_max_ips_per_name == 0 {
+        bail!("--fqdn-max-ips-per-name must be at least 1");
+    }
+    let fqdn = FqdnSettings {
+        config: FqdnConfig {
+            min_ttl_secs: args.fqdn_min_ttl,
+            max_ips_per_name: args.fqdn_max_ips_per_name,
+            ..FqdnConfig::default()
+        },
+        state_file: Some(args.fqdn_state.clone().unwrap_or_else(|| {
+            PathBuf::from(DEFAULT_FQDN_STATE_ROOT)
+                .join(&args.node_name)
+                .join("fqdn-cache.json")
+        })),
+        expiry_grace: std::time::Duration::from_secs(args.fqdn_expiry_grace),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("agent-control")
@@ -103,7 +136,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                 _ = term.recv() => {}
             }
         };
-        agent::run(config, shutdown).await
+        agent::run_with_fqdn(config, fqdn, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

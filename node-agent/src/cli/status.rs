@@ -57,6 +57,7 @@ pub fn run(socket: &Path, output: Output) -> anyhow::Result<ExitCode> {
                 "versions": status.versions.iter().map(|(t, v)| (short(t), v.clone())).collect::<std::collections::BTreeMap<_, _>>(),
                 "clients": clients,
                 "flows": {"received": status.flows_received, "dropped": status.flows_dropped},
+                "fqdn": status.fqdn.as_ref().map(super::fqdn::metrics_json),
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -75,6 +76,9 @@ pub fn run(socket: &Path, output: Output) -> anyhow::Result<ExitCode> {
                 "flow records: {} received, {} dropped",
                 status.flows_received, status.flows_dropped
             );
+            if let Some(m) = &status.fqdn {
+                println!("{}", super::fqdn::metrics_line(m));
+            }
             if status.clients.is_empty() {
                 println!("no proxies connected");
             }

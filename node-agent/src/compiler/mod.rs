@@ -5,6 +5,7 @@
 
 pub mod endpoint;
 pub mod evaluate;
+mod fqdn;
 mod resolve;
 pub mod visibility;
 
@@ -16,6 +17,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 
 pub use endpoint::{DirectionPolicy, L7Policy, PolicyEntry, PortKey, Selection};
+pub use fqdn::{FqdnExpired, FqdnObserved};
 
 use crate::identity::{Identity, IdentityAllocator, reserved};
 use crate::labels::{LabelSet, SOURCE_CIDR, SOURCE_RESERVED};
@@ -94,6 +96,12 @@ pub struct Changes {
     pub removed: BTreeSet<EndpointKey>,
     /// The identity map changed: an identity or a prefix -> identity mapping.
     pub ipcache_changed: bool,
+    /// Prefixes whose identity may have changed (added, removed or renumbered), so the
+    /// datapath can update just those.
+    pub ipcache_prefixes: BTreeSet<IpNet>,
+    /// Identities allocated, released, or whose prefixes changed, so the published
+    /// identity resources can be updated one by one.
+    pub identities: BTreeSet<Identity>,
 }
 
 #[derive(Debug)]
@@ -114,6 +122,11 @@ pub struct Compiler {
     ipcache_changed: bool,
     /// Identities the datapath still uses, by prefix (see `set_identity_hints`).
     identity_hints: BTreeMap<IpNet, Identity>,
+    /// Since the last flush: see `Changes::ipcache_prefixes` and `Changes::identities`.
+    changed_prefixes: BTreeSet<IpNet>,
+    touched_identities: BTreeSet<Identity>,
+    /// What DNS answers taught (toFQDNs).
+    fqdn: fqdn::FqdnState,
 }
 
 impl Compiler {
@@ -133,6 +146,9 @@ impl Compiler {
             named_ports_changed: false,
             ipcache_changed: false,
             identity_hints: BTreeMap::new(),
+            changed_prefixes: BTreeSet::new(),
+            touched_identities: BTreeSet::new(),
+            fqdn: fqdn::FqdnState::default(),
         }
     }
 
@@ -177,8 +193,13 @@ impl Compiler {
         let mut changes = Changes {
             ipcache_changed: std::mem::take(&mut self.ipcache_changed)
                 || !self.changed_identities.is_empty(),
+            ipcache_prefixes: std::mem::take(&mut self.changed_prefixes),
+            identities: std::mem::take(&mut self.touched_identities),
             ..Changes::default()
         };
+        changes
+            .identities
+            .extend(self.changed_identities.iter().map(|(id, _)| *id));
         if !self.changed_identities.is_empty() || self.named_ports_changed {
             let changed = std::mem::take(&mut self.changed_identities);
             self.update_selections(&changed);
@@ -207,6 +228,7 @@ impl Compiler {
                     }
                 }
                 None => {
+                    self.fqdn.endpoint_gone(&key);
                     if self.compiled.remove(&key).is_some() {
                         changes.removed.insert(key);
                     }
@@ -274,6 +296,32 @@ impl Compiler {
         self.pods_by_ip.get(&ip)
     }
 
+    /// The identity `Compiler::ipcache` gives exactly `net`, if it lists `net`.
+    pub fn ipcache_entry(&self, net: IpNet) -> Option<Identity> {
+        let pod = (net.prefix_len() == net.max_prefix_len())
+            .then(|| self.pods_by_ip.get(&net.addr()))
+            .flatten()
+            .and_then(|key| self.pods.get(key))
+            .map(|pod| pod.identity);
+        // `ipcache()` lists CIDR prefixes after pods: the datapath keeps the later one.
+        self.cidrs.get(&net).map(|(id, _)| *id).or(pod)
+    }
+
+    /// The prefixes `Compiler::ipcache` maps to `id`.
+    pub fn prefixes_of(&self, id: Identity) -> Vec<IpNet> {
+        if let Some(net) = self.identities.labels(id).and_then(|l| cidr_of_labels(l)) {
+            return match self.cidrs.get(&net) {
+                Some((cidr_id, _)) if *cidr_id == id => vec![net],
+                _ => Vec::new(),
+            };
+        }
+        self.pods_by_ip
+            .iter()
+            .filter(|(_, key)| self.pods.get(*key).is_some_and(|p| p.identity == id))
+            .map(|(ip, _)| IpNet::from(*ip))
+            .collect()
+    }
+
     fn is_local(&self, pod: &Pod) -> bool {
         match &self.scope {
             EndpointScope::AllPods => true,
@@ -319,6 +367,7 @@ impl Compiler {
         for prefix in old.map(policy_prefixes).unwrap_or_default() {
             self.release_cidr(prefix);
         }
+        self.fqdn_policy_changed(old, new);
     }
 
     fn acquire_cidr(&mut self, prefix: IpNet) {
@@ -333,6 +382,8 @@ impl Compiler {
         let (id, new) = self.identities.acquire(&labels);
         self.cidrs.insert(prefix, (id, 1));
         self.ipcache_changed = true;
+        self.changed_prefixes.insert(prefix);
+        self.touched_identities.insert(id);
         if new {
             self.changed_identities.push((id, labels));
         }
@@ -349,6 +400,8 @@ impl Compiler {
         let id = *id;
         self.cidrs.remove(&prefix);
         self.ipcache_changed = true;
+        self.changed_prefixes.insert(prefix);
+        self.touched_identities.insert(id);
         if self.identities.release(id) {
             self.changed_identities.push((id, cidr_labels(prefix)));
         }
@@ -370,8 +423,10 @@ impl Compiler {
     fn set_pod(&mut self, key: EndpointKey, pod: Option<Arc<Pod>>) {
         let old = self.pods.remove(&key);
         if let Some(old) = &old {
+            self.touched_identities.insert(old.identity);
             if let Some(ip) = old.ip {
                 self.pods_by_ip.remove(&ip);
+                self.changed_prefixes.insert(IpNet::from(ip));
             }
             if self.identities.release(old.identity) {
                 self.changed_identities
@@ -381,7 +436,13 @@ impl Compiler {
                 self.dirty.insert(key.clone());
             }
         }
+        // A learned IP that was this pod's is the world's again (SEMANTICS 6.6); synced
+        // once the new state is in place, so an unchanged IP causes no churn.
+        let old_ip = old.as_ref().and_then(|o| o.ip);
         let Some(pod) = pod else {
+            if let Some(ip) = old_ip {
+                self.fqdn_sync_ip(ip);
+            }
             self.ipcache_changed |= old.as_ref().is_some_and(|o| o.ip.is_some());
             self.named_ports_changed |= old.is_some_and(|o| !o.named_ports.is_empty());
             return;
@@ -395,8 +456,10 @@ impl Compiler {
         if new {
             self.changed_identities.push((identity, labels.clone()));
         }
+        self.touched_identities.insert(identity);
         if let Some(ip) = ip {
             self.pods_by_ip.insert(ip, key.clone());
+            self.changed_prefixes.insert(IpNet::from(ip));
         }
         if old.as_ref().map(|o| (o.ip, o.identity)) != Some((ip, identity)) {
             self.ipcache_changed = true;
@@ -420,6 +483,9 @@ impl Compiler {
                 local,
             },
         );
+        for changed in [old_ip, ip].into_iter().flatten() {
+            self.fqdn_sync_ip(changed);
+        }
     }
 
     /// Whether `peer` selects the identity `id` with `labels`.
@@ -442,7 +508,8 @@ impl Compiler {
                         IpNet::V6(_) => id == reserved::WORLD || id == reserved::WORLD_IPV6,
                     }
             }
-            // Filled from DNS answers by the FQDN cache (a later issue): nothing yet.
+            // Selected per endpoint from its own DNS answers (`EndpointResolver::select`);
+            // the endpoints concerned are marked dirty when the FQDN cache changes.
             Peer::Fqdn(_) => false,
         }
     }

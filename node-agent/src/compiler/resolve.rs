@@ -1,21 +1,30 @@
 //! How the compiler answers the questions of `endpoint::build_direction`: which identities
 //! a peer selects (cached per peer) and what named ports stand for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::endpoint::{PeerResolver, Selection, build_direction};
 use super::{Compiler, EndpointKey, EndpointPolicy, visibility};
+use crate::policy::rule::DnsSelectorSpecKey;
 use crate::policy::{Direction, Peer, Rule};
 
 /// Resolves peers for one endpoint being compiled.
 struct EndpointResolver<'a> {
     compiler: &'a mut Compiler,
+    key: &'a EndpointKey,
     own_ports: BTreeMap<String, u16>,
+    /// The toFQDNs selectors the policy uses, so FQDN changes find this endpoint.
+    fqdn_specs: BTreeSet<DnsSelectorSpecKey>,
 }
 
 impl PeerResolver for EndpointResolver<'_> {
     fn select(&mut self, peer: &Peer) -> Arc<Selection> {
+        // Per endpoint (SEMANTICS 6.5): never in the cache shared by every endpoint.
+        if let Peer::Fqdn(spec) = peer {
+            self.fqdn_specs.insert(spec.clone());
+            return Arc::new(self.compiler.fqdn_select(self.key, spec));
+        }
         if let Some(selection) = self.compiler.selections.get(peer) {
             return selection.clone();
         }
@@ -89,7 +98,9 @@ impl Compiler {
             .collect();
         let mut resolver = EndpointResolver {
             compiler: self,
+            key,
             own_ports,
+            fqdn_specs: BTreeSet::new(),
         };
         let (mut ingress, mut notes) = build_direction(Direction::Ingress, &rules, &mut resolver);
         let (mut egress, egress_notes) = build_direction(Direction::Egress, &rules, &mut resolver);
@@ -104,6 +115,8 @@ impl Compiler {
                 visibility::apply(direction, policy, &visibility, every.clone(), &mut notes);
             }
         }
+        let fqdn_specs = std::mem::take(&mut resolver.fqdn_specs);
+        self.fqdn_set_specs(key, fqdn_specs);
         Some(EndpointPolicy {
             key: key.clone(),
             ip,

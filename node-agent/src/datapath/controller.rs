@@ -95,18 +95,21 @@ impl ReconcileReport {
 
 #[derive(Debug)]
 pub struct Datapath {
-    loaded: Loaded,
-    config: DatapathConfig,
-    ipcache: BTreeMap<IpcacheKey, IpcacheValue>,
-    policy: BTreeMap<PolicyKey, PolicyValue>,
+    pub(super) loaded: Loaded,
+    pub(super) config: DatapathConfig,
+    pub(super) ipcache: BTreeMap<IpcacheKey, IpcacheValue>,
+    pub(super) policy: BTreeMap<PolicyKey, PolicyValue>,
     /// ifindex -> endpoint, as in the map.
     endpoints: BTreeMap<u32, EndpointValue>,
     local_ips: BTreeMap<LocalIpKey, u32>,
     /// Devices (ifindex -> name) our pod programs are attached to by this agent.
     attached: BTreeMap<u32, String>,
     /// Endpoint ids by pod, stable while the pod lives.
-    ids: BTreeMap<EndpointKey, u16>,
+    pub(super) ids: BTreeMap<EndpointKey, u16>,
     uplinks_attached: BTreeMap<u32, String>,
+    /// The node's own addresses at the last reconcile: host entries of the ipcache, which
+    /// the incremental path leaves alone.
+    pub(super) host_prefixes: BTreeSet<IpNet>,
 }
 
 impl Datapath {
@@ -136,6 +139,7 @@ impl Datapath {
             attached: BTreeMap::new(),
             ids: BTreeMap::new(),
             uplinks_attached: BTreeMap::new(),
+            host_prefixes: BTreeSet::new(),
         };
         datapath.attach_uplinks()?;
         Ok(datapath)
@@ -231,11 +235,14 @@ impl Datapath {
             desired_local_ips.insert(local_ip_key(*ip), *ifindex);
             desired_devices.insert(*ifindex, device.clone());
         }
-        let host_prefixes = node_addresses
+        let host_prefixes: Vec<(IpNet, u32)> = node_addresses
             .iter()
             .filter(|ip| compiler.pod_by_ip(**ip).is_none())
-            .map(|ip| (IpNet::from(*ip), DP_IDENTITY_HOST));
-        let desired_ipcache = entries::ipcache_entries(compiler.ipcache().chain(host_prefixes));
+            .map(|ip| (IpNet::from(*ip), DP_IDENTITY_HOST))
+            .collect();
+        self.host_prefixes = host_prefixes.iter().map(|(net, _)| *net).collect();
+        let desired_ipcache =
+            entries::ipcache_entries(compiler.ipcache().chain(host_prefixes.iter().copied()));
 
         // 1. identities and policy entries.
         let (ipcache_up, ipcache_del) = entries::diff(&self.ipcache, &desired_ipcache);
@@ -314,7 +321,14 @@ impl Datapath {
     /// policy denies: their next packet is then a new flow, looked up and dropped, so a
     /// policy change cuts established flows that lost access instead of leaving them
     /// open. Flows that stay allowed keep their kept verdict (allow or redirect).
-    pub fn sweep_conntrack(&mut self, recheck: bool) -> Result<SweepReport, DatapathError> {
+    ///
+    /// `exempt` lists (local endpoint IP, remote IP) pairs whose egress flows are never cut
+    /// by the re-check: expired FQDN entries kept for the connections that use them.
+    pub fn sweep_conntrack(
+        &mut self,
+        recheck: bool,
+        exempt: &BTreeSet<(IpAddr, IpAddr)>,
+    ) -> Result<SweepReport, DatapathError> {
         let now = monotonic_ns();
         let mut report = SweepReport::default();
         let mut doomed = Vec::new();
@@ -336,7 +350,7 @@ impl Datapath {
             if idle > timeout {
                 report.expired += 1;
                 doomed.push(raw_key);
-            } else if recheck && self.flow_now_denied(&key) {
+            } else if recheck && !is_exempt(&key, exempt) && self.flow_now_denied(&key) {
                 report.denied += 1;
                 doomed.push(raw_key);
             }
@@ -444,6 +458,31 @@ impl Datapath {
     }
 }
 
+/// An address of a conntrack key.
+pub(super) fn ct_addr(family: u8, addr: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        DP_FAMILY_IPV4 => {
+            let v4: [u8; 4] = addr[..4].try_into().ok()?;
+            Some(IpAddr::from(v4))
+        }
+        DP_FAMILY_IPV6 => Some(IpAddr::from(*addr)),
+        _ => None,
+    }
+}
+
+fn is_exempt(key: &CtKey, exempt: &BTreeSet<(IpAddr, IpAddr)>) -> bool {
+    if exempt.is_empty() || key.direction != DP_DIR_EGRESS {
+        return false;
+    }
+    match (
+        ct_addr(key.family, &key.saddr),
+        ct_addr(key.family, &key.daddr),
+    ) {
+        (Some(local), Some(remote)) => exempt.contains(&(local, remote)),
+        _ => false,
+    }
+}
+
 /// What one conntrack sweep did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SweepReport {
@@ -452,18 +491,18 @@ pub struct SweepReport {
     pub denied: usize,
 }
 
-const IPPROTO_TCP: u8 = 6;
+pub(super) const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_SCTP: u8 = 132;
 const SECOND_NS: u64 = 1_000_000_000;
 /// Idle timeouts of conntrack entries, in the spirit of Linux conntrack's defaults but
 /// shorter for established TCP (a flow idle for hours re-checks policy when it wakes up).
-const CT_TCP_TIMEOUT_NS: u64 = 6 * 3600 * SECOND_NS;
-const CT_OTHER_TIMEOUT_NS: u64 = 120 * SECOND_NS;
-const CT_CLOSING_TIMEOUT_NS: u64 = 30 * SECOND_NS;
+pub(super) const CT_TCP_TIMEOUT_NS: u64 = 6 * 3600 * SECOND_NS;
+pub(super) const CT_OTHER_TIMEOUT_NS: u64 = 120 * SECOND_NS;
+pub(super) const CT_CLOSING_TIMEOUT_NS: u64 = 30 * SECOND_NS;
 
 /// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns().
-fn monotonic_ns() -> u64 {
+pub(super) fn monotonic_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     u64::try_from(t.tv_sec).unwrap_or(0) * SECOND_NS + u64::try_from(t.tv_nsec).unwrap_or(0)
 }

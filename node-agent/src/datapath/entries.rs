@@ -82,6 +82,12 @@ impl L4Block {
         protocol: 0,
         port: 0,
     };
+    const MIN: L4Block = L4Block::L3_ONLY;
+    const MAX: L4Block = L4Block {
+        l4_prefixlen: u8::MAX,
+        protocol: u8::MAX,
+        port: u16::MAX,
+    };
 
     /// Whether every flow this block matches is matched by `self`.
     fn covers(&self, other: &L4Block) -> bool {
@@ -212,10 +218,13 @@ fn direction_entries(
         }
     }
     // Fold every broader entry of the same identity into the narrower ones it covers.
+    // Only that identity's entries are compared (a range of the sorted map), so an
+    // endpoint with thousands of learned identities stays linear in them.
     for ((identity, block), own) in &raw {
         let mut value = *own;
-        for ((other_id, other_block), other) in &raw {
-            if other_id == identity && other_block != block && other_block.covers(block) {
+        let same_identity = raw.range((*identity, L4Block::MIN)..=(*identity, L4Block::MAX));
+        for ((_, other_block), other) in same_identity {
+            if other_block != block && other_block.covers(block) {
                 value.add(*other);
             }
         }
@@ -257,6 +266,32 @@ pub fn policy_entries(
         &mut out,
     );
     direction_entries(endpoint_id, DP_DIR_EGRESS, &policy.egress, ports, &mut out);
+    out
+}
+
+/// The entries of `entries` that belong to endpoint `endpoint_id` (without scanning the
+/// others: keys sort by prefix length, then endpoint).
+pub fn endpoint_policy(entries: &PolicyEntries, endpoint_id: u16) -> PolicyEntries {
+    let mut out = PolicyEntries::new();
+    for l4 in 0..=24u32 {
+        let prefixlen = DP_POLICY_STATIC_PREFIX + l4;
+        let first = PolicyKey {
+            prefixlen,
+            endpoint_id,
+            ..PolicyKey::default()
+        };
+        let last = PolicyKey {
+            prefixlen,
+            endpoint_id,
+            direction: u8::MAX,
+            pad: u8::MAX,
+            identity: u32::MAX,
+            pad2: u8::MAX,
+            protocol: u8::MAX,
+            dport: u16::MAX,
+        };
+        out.extend(entries.range(first..=last).map(|(k, v)| (*k, *v)));
+    }
     out
 }
 

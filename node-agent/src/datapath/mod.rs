@@ -7,13 +7,16 @@
 //! - [`entries`]: compiled policy -> map entries, and diffs between two sets of entries.
 //! - [`loader`]: loads the object with aya, pins the maps, attaches programs.
 //! - [`system`]: the node's devices, routes and addresses; the proxy redirect's routing.
-//! - [`controller`]: keeps devices and maps in step with the compiler.
+//! - [`controller`]: keeps devices and maps in step with the compiler; `incremental`:
+//!   the fast path for FQDN answers (only what one flush changed, no device work).
 
 pub mod abi;
 pub mod bytes;
 pub mod controller;
 pub mod entries;
+mod incremental;
 pub mod loader;
 pub mod system;
 
 pub use controller::{Datapath, DatapathConfig, DatapathError, ReconcileReport};
+pub use incremental::IncrementalReport;

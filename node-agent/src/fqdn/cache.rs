@@ -304,6 +304,41 @@ impl FqdnCache {
             .collect()
     }
 
+    /// The earliest expiry of any entry (expired ones kept for connections included), so
+    /// the caller knows when [`FqdnCache::expire`] has something to do.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.by_expiry.first().map(|k| k.expires)
+    }
+
+    /// The entries whose expiry is before `before`, earliest first: after an
+    /// [`FqdnCache::expire`] with the same time, the ones kept for live connections.
+    pub fn expired_before(
+        &self,
+        before: Instant,
+    ) -> impl Iterator<Item = (&EndpointKey, &str, IpAddr)> + '_ {
+        self.by_expiry
+            .iter()
+            .take_while(move |k| k.expires < before)
+            .map(|k| (&k.endpoint, k.name.as_str(), k.ip))
+    }
+
+    /// The names of one endpoint, each with its IPs (sorted by name, then IP).
+    pub fn names_of<'a>(
+        &'a self,
+        endpoint: &EndpointKey,
+    ) -> impl Iterator<Item = (&'a str, impl Iterator<Item = IpAddr> + 'a)> + 'a {
+        self.endpoints
+            .get(endpoint)
+            .into_iter()
+            .flatten()
+            .map(|(name, entries)| (name.as_str(), entries.keys().copied()))
+    }
+
+    /// Every (endpoint, name, IP), sorted.
+    pub fn entries(&self) -> impl Iterator<Item = (&EndpointKey, &str, IpAddr)> + '_ {
+        self.iter_states().map(|(ep, name, ip, _)| (ep, name, ip))
+    }
+
     /// Every entry, or those of one endpoint, sorted by endpoint, name and IP.
     pub fn list(&self, endpoint: Option<&EndpointKey>, now: Instant) -> Vec<Entry> {
         let mut out = Vec::new();

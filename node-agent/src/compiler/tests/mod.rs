@@ -3,6 +3,7 @@
 //! `merging` for sections 2, 3, 5, 6 and incremental recompilation. `compiler` and `key`
 //! also serve the datapath's tests, which start from the same world.
 
+mod fqdn;
 mod merging;
 mod selection;
 mod visibility;

@@ -1,0 +1,248 @@
+//! The pipeline's FQDN path without a datapath (`--no-datapath`): replies come after the
+//! snapshot is published, and the cache survives a restart through its file.
+
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, watch};
+use xds::server::Snapshot;
+use xds::{IDENTITY_TYPE, NETWORK_POLICY_TYPE, proto};
+
+use super::*;
+use crate::agent::snapshot::SnapshotBuilder;
+use crate::compiler::Changes;
+use crate::manifest::parse_str;
+
+const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: prod, labels: {app: client}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {podIP: 10.0.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: remote, namespace: prod, labels: {app: remote}}
+spec: {nodeName: n2, containers: [{name: c, image: i}]}
+status: {podIP: 10.0.9.9}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-api, namespace: prod}
+spec:
+  endpointSelector: {}
+  egress:
+  - toFQDNs: [{matchName: api.example.com}]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+"#;
+
+fn pipeline(settings: FqdnSettings) -> (PolicyPipeline, watch::Receiver<Arc<Snapshot>>) {
+    PolicyPipeline::with_fqdn("n1", settings)
+}
+
+fn load(pipeline: &mut PolicyPipeline) {
+    let parsed = parse_str("objects.yaml", OBJECTS);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    let mut events: Vec<SourceEvent> = parsed
+        .objects
+        .into_iter()
+        .map(SourceEvent::Applied)
+        .collect();
+    events.push(SourceEvent::Synced);
+    pipeline.apply(events);
+}
+
+fn observation(endpoint: &str, name: &str, ips: &[&str]) -> proto::FqdnObservation {
+    proto::FqdnObservation {
+        endpoint: endpoint.into(),
+        name: name.into(),
+        ips: ips.iter().map(|s| s.to_string()).collect(),
+        ttl_seconds: 60,
+    }
+}
+
+/// Sends observations through the loop's entry point and returns the replies.
+fn observe(
+    pipeline: &mut PolicyPipeline,
+    obs: Vec<proto::FqdnObservation>,
+) -> Vec<proto::FqdnObservationResult> {
+    let mut answers = Vec::new();
+    let mut events = Vec::new();
+    for observation in obs {
+        let (reply, answer) = oneshot::channel();
+        events.push(LoopEvent::Observe(FqdnRequest { observation, reply }));
+        answers.push(answer);
+    }
+    assert!(pipeline.handle(events));
+    answers
+        .into_iter()
+        .map(|mut a| a.try_recv().expect("answered before the pass returned"))
+        .collect()
+}
+
+/// The identity resource holding `prefix`, if any.
+fn identity_with(snapshot: &Snapshot, prefix: &str) -> Option<proto::Identity> {
+    snapshot
+        .types
+        .get(IDENTITY_TYPE)?
+        .resources
+        .values()
+        .find_map(|r| match &r.body {
+            Some(proto::resource::Body::Identity(i)) if i.prefixes.iter().any(|p| p == prefix) => {
+                Some(i.clone())
+            }
+            _ => None,
+        })
+}
+
+fn egress_identities(snapshot: &Snapshot, endpoint: &str) -> Vec<u32> {
+    let resource = &snapshot.types[NETWORK_POLICY_TYPE].resources[endpoint];
+    match &resource.body {
+        Some(proto::resource::Body::NetworkPolicy(p)) => p
+            .egress
+            .iter()
+            .flat_map(|d| &d.entries)
+            .flat_map(|e| e.remote_identities.clone())
+            .collect(),
+        _ => panic!("not a policy"),
+    }
+}
+
+#[test]
+fn an_answer_is_published_before_the_reply() {
+    let (mut p, snapshots) = pipeline(FqdnSettings::default());
+    load(&mut p);
+    let replies = observe(
+        &mut p,
+        vec![
+            observation("prod/client", "api.example.com.", &["192.0.2.1"]),
+            observation("prod/client", "other.org.", &["198.51.100.1"]),
+            observation("prod/remote", "api.example.com.", &["192.0.2.2"]),
+            observation("prod/client", "api.example.com.", &["not-an-ip"]),
+        ],
+    );
+    assert!(replies[0].allowed, "{:?}", replies[0]);
+    assert!(
+        replies[0].detail.contains("no datapath"),
+        "{}",
+        replies[0].detail
+    );
+    assert!(replies[1].allowed);
+    assert!(
+        replies[1].detail.contains("no toFQDNs selector"),
+        "{}",
+        replies[1].detail
+    );
+    assert!(!replies[2].allowed);
+    assert!(
+        replies[2].detail.contains("not a local endpoint"),
+        "{}",
+        replies[2].detail
+    );
+    assert!(!replies[3].allowed);
+    let snapshot = snapshots.borrow().clone();
+    let identity = identity_with(&snapshot, "192.0.2.1/32").expect("identity published");
+    assert!(
+        identity
+            .labels
+            .iter()
+            .any(|l| l.contains("cidr:192.0.2.1/32")),
+        "{:?}",
+        identity.labels
+    );
+    assert!(egress_identities(&snapshot, "prod/client").contains(&identity.id));
+    // The unselected name is recorded without an identity.
+    assert!(identity_with(&snapshot, "198.51.100.1/32").is_none());
+    let list = p
+        .fqdn_cache_list(&proto::FqdnCacheRequest {
+            endpoint: "prod/client".into(),
+        })
+        .expect("listed");
+    let names: Vec<&str> = list.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["api.example.com.", "other.org."]);
+    let metrics = list.metrics.expect("metrics");
+    assert_eq!(
+        (
+            metrics.entries,
+            metrics.identities,
+            metrics.observations,
+            metrics.refused
+        ),
+        (2, 1, 4, 2)
+    );
+}
+
+#[test]
+fn identity_resources_updated_one_by_one_equal_a_full_build() {
+    let (mut p, snapshots) = pipeline(FqdnSettings::default());
+    load(&mut p);
+    observe(
+        &mut p,
+        vec![observation(
+            "prod/client",
+            "api.example.com.",
+            &["192.0.2.1", "2001:db8::1"],
+        )],
+    );
+    let mut fresh = SnapshotBuilder::new();
+    fresh.update(
+        p.compiler(),
+        &Changes {
+            ipcache_changed: true,
+            ..Changes::default()
+        },
+    );
+    let bodies = |s: &Snapshot| -> Vec<_> {
+        s.types[IDENTITY_TYPE]
+            .resources
+            .iter()
+            .map(|(n, r)| (n.clone(), r.body.clone()))
+            .collect()
+    };
+    assert_eq!(bodies(&snapshots.borrow()), bodies(&fresh.snapshot()));
+}
+
+#[test]
+fn the_cache_survives_a_restart_through_its_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let settings = FqdnSettings {
+        state_file: Some(dir.path().join("state/fqdn-cache.json")),
+        ..FqdnSettings::default()
+    };
+    let (mut first, _) = pipeline(settings.clone());
+    first.load_fqdn();
+    load(&mut first);
+    observe(
+        &mut first,
+        vec![observation(
+            "prod/client",
+            "api.example.com.",
+            &["192.0.2.1"],
+        )],
+    );
+    assert!(!first.handle(vec![LoopEvent::Shutdown]));
+
+    let (mut second, snapshots) = pipeline(settings.clone());
+    second.load_fqdn();
+    load(&mut second);
+    let snapshot = snapshots.borrow().clone();
+    let identity = identity_with(&snapshot, "192.0.2.1/32").expect("restored IP has an identity");
+    assert!(egress_identities(&snapshot, "prod/client").contains(&identity.id));
+    let list = second
+        .fqdn_cache_list(&proto::FqdnCacheRequest::default())
+        .expect("listed");
+    assert_eq!(list.entries.len(), 1);
+    assert_eq!(list.entries[0].source, "restored");
+
+    // A corrupt file is ignored: the agent starts with an empty cache.
+    if let Some(path) = &settings.state_file {
+        std::fs::write(path, b"{not json").expect("write");
+    }
+    let (mut third, _) = pipeline(settings);
+    third.load_fqdn();
+    load(&mut third);
+    assert!(third.compiler().fqdn_cache().is_empty());
+}

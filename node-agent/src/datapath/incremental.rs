@@ -1,0 +1,183 @@
+//! The fast path for DNS answers (SEMANTICS 6.3): the DNS proxy holds an answer until the
+//! datapath allows its IPs, so after an FQDN flush only what that flush changed is
+//! written: the ipcache entries of the prefixes it touched and the policy entries of the
+//! endpoints it recompiled, under the endpoint ids the last reconcile assigned. No `ip`
+//! calls, no attachments: devices and endpoints are the full reconcile's business.
+//!
+//! Writes go identities and policy upserts first, then policy deletes, then ipcache
+//! deletes, so a flow is never judged against a policy entry whose identity is missing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::abi::{
+    DP_CT_F_CLOSING, DP_DIR_EGRESS, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
+};
+use super::controller::{
+    CT_CLOSING_TIMEOUT_NS, CT_OTHER_TIMEOUT_NS, CT_TCP_TIMEOUT_NS, IPPROTO_TCP, ct_addr,
+    monotonic_ns,
+};
+use super::entries::{self, ProxyPorts};
+use super::{Datapath, DatapathError, bytes};
+use crate::compiler::{Changes, Compiler, EndpointKey};
+
+/// What one incremental programming did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IncrementalReport {
+    pub ipcache_upserts: usize,
+    pub ipcache_deletes: usize,
+    pub policy_upserts: usize,
+    pub policy_deletes: usize,
+    /// Recompiled endpoints without an endpoint id yet (no device at the last reconcile):
+    /// nothing of theirs is enforced, so nothing to write; the next reconcile does it.
+    pub without_id: usize,
+}
+
+impl IncrementalReport {
+    /// Something was deleted: established flows may need a policy re-check.
+    pub fn deleted(&self) -> bool {
+        self.ipcache_deletes + self.policy_deletes > 0
+    }
+}
+
+/// The writes of one incremental step.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct Plan {
+    pub(super) ipcache_up: Vec<(IpcacheKey, IpcacheValue)>,
+    pub(super) ipcache_del: Vec<IpcacheKey>,
+    pub(super) policy_up: Vec<(PolicyKey, PolicyValue)>,
+    pub(super) policy_del: Vec<PolicyKey>,
+    pub(super) without_id: usize,
+}
+
+/// What to write to bring the maps (`ipcache`, `policy`) to the compiler's state for what
+/// `changes` touched. Pure, so it is tested without a kernel.
+pub(super) fn plan(
+    ipcache: &BTreeMap<IpcacheKey, IpcacheValue>,
+    policy: &BTreeMap<PolicyKey, PolicyValue>,
+    ids: &BTreeMap<EndpointKey, u16>,
+    host_prefixes: &BTreeSet<IpNet>,
+    ports: &ProxyPorts,
+    compiler: &Compiler,
+    changes: &Changes,
+) -> Plan {
+    let mut out = Plan::default();
+    for net in &changes.ipcache_prefixes {
+        // The node's addresses and the /0 world defaults are the full reconcile's.
+        if host_prefixes.contains(net) || net.prefix_len() == 0 {
+            continue;
+        }
+        let key = entries::ipcache_key(*net);
+        match compiler.ipcache_entry(*net) {
+            Some(identity) => {
+                let value = IpcacheValue { identity };
+                if ipcache.get(&key) != Some(&value) {
+                    out.ipcache_up.push((key, value));
+                }
+            }
+            None if ipcache.contains_key(&key) => out.ipcache_del.push(key),
+            None => {}
+        }
+    }
+    for key in &changes.recompiled {
+        let (Some(id), Some(endpoint)) = (ids.get(key), compiler.endpoint(key)) else {
+            out.without_id += 1;
+            continue;
+        };
+        let desired = entries::policy_entries(*id, endpoint, ports);
+        let current = entries::endpoint_policy(policy, *id);
+        let (up, del) = entries::diff(&current, &desired);
+        out.policy_up.extend(up);
+        out.policy_del.extend(del);
+    }
+    out
+}
+
+impl Datapath {
+    /// Programs what one flush changed (see the module documentation). Changes that need
+    /// more (an endpoint removed) are left to [`Datapath::reconcile`]: the caller checks
+    /// [`Datapath::needs_reconcile`] first.
+    pub fn program_changes(
+        &mut self,
+        compiler: &Compiler,
+        changes: &Changes,
+    ) -> Result<IncrementalReport, DatapathError> {
+        let plan = plan(
+            &self.ipcache,
+            &self.policy,
+            &self.ids,
+            &self.host_prefixes,
+            &self.config.proxy_ports,
+            compiler,
+            changes,
+        );
+        for (k, v) in &plan.ipcache_up {
+            self.loaded.maps.put_ipcache(k, v)?;
+            self.ipcache.insert(*k, *v);
+        }
+        for (k, v) in &plan.policy_up {
+            self.loaded.maps.put_policy(k, v)?;
+            self.policy.insert(*k, *v);
+        }
+        for k in &plan.policy_del {
+            self.loaded.maps.delete_policy(k)?;
+            self.policy.remove(k);
+        }
+        for k in &plan.ipcache_del {
+            self.loaded.maps.delete_ipcache(k)?;
+            self.ipcache.remove(k);
+        }
+        Ok(IncrementalReport {
+            ipcache_upserts: plan.ipcache_up.len(),
+            ipcache_deletes: plan.ipcache_del.len(),
+            policy_upserts: plan.policy_up.len(),
+            policy_deletes: plan.policy_del.len(),
+            without_id: plan.without_id,
+        })
+    }
+
+    /// Whether `changes` needs the full reconcile rather than [`Datapath::program_changes`].
+    pub fn needs_reconcile(changes: &Changes) -> bool {
+        !changes.removed.is_empty()
+    }
+
+    /// (source, destination) of every egress conntrack entry that has not idled out: the
+    /// connections endpoints have open, for FQDN expiry (SEMANTICS 6.4). One map scan.
+    pub fn egress_flows(&self) -> BTreeSet<(IpAddr, IpAddr)> {
+        let now = monotonic_ns();
+        let mut out = BTreeSet::new();
+        for entry in self.loaded.maps.ct.iter() {
+            let Ok((raw_key, raw_value)) = entry else {
+                continue;
+            };
+            let key = bytes::ct_key_from(&raw_key);
+            if key.direction != DP_DIR_EGRESS {
+                continue;
+            }
+            let value = bytes::ct_value_from(&raw_value);
+            let timeout = if value.flags & DP_CT_F_CLOSING != 0 {
+                CT_CLOSING_TIMEOUT_NS
+            } else if key.protocol == IPPROTO_TCP {
+                CT_TCP_TIMEOUT_NS
+            } else {
+                CT_OTHER_TIMEOUT_NS
+            };
+            if now.saturating_sub(value.last_seen_ns) > timeout {
+                continue;
+            }
+            if let (Some(s), Some(d)) = (
+                ct_addr(key.family, &key.saddr),
+                ct_addr(key.family, &key.daddr),
+            ) {
+                out.insert((s, d));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+#[path = "incremental_tests.rs"]
+mod tests;

@@ -53,6 +53,11 @@ async fn a_stalled_agent_releases_at_the_bound() {
         proxy.metric("dns_proxy_fqdn_hold_timeouts_total").await,
         1.0
     );
+    // Released, but the agent still learns the IPs.
+    eventually("the observation at the agent", || {
+        !proxy.agent().observations().is_empty()
+    })
+    .await;
 }
 
 fn dns(record: &proto::FlowRecord) -> &proto::DnsFlow {

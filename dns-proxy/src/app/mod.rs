@@ -275,13 +275,24 @@ fn listeners(
     addr: SocketAddr,
     transparent: bool,
 ) -> Result<(tokio::net::UdpSocket, SocketAddr, tokio::net::TcpListener), SocketError> {
-    let udp = sockets::udp_listener(addr, transparent)?;
-    let udp_addr = udp.local_addr().map_err(|source| SocketError {
-        purpose: "UDP listener",
-        addr,
-        what: "getsockname",
-        source,
-    })?;
-    let tcp = sockets::tcp_listener(udp_addr, transparent)?;
-    Ok((udp, udp_addr, tcp))
+    let mut tries = 0;
+    loop {
+        let udp = sockets::udp_listener(addr, transparent)?;
+        let udp_addr = udp.local_addr().map_err(|source| SocketError {
+            purpose: "UDP listener",
+            addr,
+            what: "getsockname",
+            source,
+        })?;
+        match sockets::tcp_listener(udp_addr, transparent) {
+            Ok(tcp) => return Ok((udp, udp_addr, tcp)),
+            // Port 0: the kernel's UDP pick may be a busy TCP port; pick again.
+            Err(e)
+                if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && tries < 16 =>
+            {
+                tries += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

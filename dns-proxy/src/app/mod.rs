@@ -144,7 +144,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         },
     )
     .backoff(Duration::from_millis(100), Duration::from_secs(5));
-    let policies = client.subscribe(DnsPolicyHandler);
+    let policies = client.subscribe(DnsPolicyHandler::default());
     let identities = client.subscribe(IdentityHandler);
     let client = client.start();
     let flows = Arc::new(FlowReporter::start(

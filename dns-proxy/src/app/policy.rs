@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use xds::proto;
 
@@ -104,9 +104,16 @@ impl DnsPolicies {
     }
 }
 
-/// [`xds::TypeHandler`] of [`xds::NETWORK_POLICY_TYPE`] for the DNS proxy.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct DnsPolicyHandler;
+/// Compiled rule sets by their selectors: the agent sends the same rules to many endpoints
+/// and entries, and most of them again in the next version.
+type RuleCache = HashMap<Vec<DnsSelectorSpec>, Arc<DnsRuleSet>>;
+
+/// [`xds::TypeHandler`] of [`xds::NETWORK_POLICY_TYPE`] for the DNS proxy. Each distinct
+/// rule set is compiled once per build, and reused from the last good build.
+#[derive(Debug, Default)]
+pub struct DnsPolicyHandler {
+    cache: Mutex<RuleCache>,
+}
 
 impl xds::TypeHandler for DnsPolicyHandler {
     type State = DnsPolicies;
@@ -119,162 +126,202 @@ impl xds::TypeHandler for DnsPolicyHandler {
         &self,
         resources: &BTreeMap<String, Arc<proto::Resource>>,
     ) -> Result<DnsPolicies, Vec<(String, String)>> {
-        build_policies(resources)
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut compiler = Compiler {
+            previous: &cache,
+            used: HashMap::new(),
+        };
+        let built = compiler.policies(resources)?;
+        *cache = compiler.used;
+        Ok(built)
     }
 }
 
-/// Builds the state from the complete resource set; `Err` names every resource that cannot
-/// be enforced, with the reason.
+/// One build: compiles each distinct rule set once.
+struct Compiler<'a> {
+    previous: &'a RuleCache,
+    used: RuleCache,
+}
+
+/// Builds the state from the complete resource set, without a cache; `Err` names every
+/// resource that cannot be enforced, with the reason.
 pub fn build_policies(
     resources: &BTreeMap<String, Arc<proto::Resource>>,
 ) -> Result<DnsPolicies, Vec<(String, String)>> {
-    let mut errors = Vec::new();
-    let mut by_ip = HashMap::new();
-    for (name, resource) in resources {
-        let policy = match &resource.body {
-            Some(proto::resource::Body::NetworkPolicy(policy)) => policy,
-            Some(_) => {
-                errors.push((name.clone(), "resource is not a NetworkPolicy".to_owned()));
-                continue;
-            }
-            None => {
-                errors.push((name.clone(), "resource has no body".to_owned()));
-                continue;
-            }
-        };
-        match endpoint(name, policy) {
-            Ok((ips, endpoint)) => {
-                let endpoint = Arc::new(endpoint);
-                for ip in ips {
-                    if let Some(other) = by_ip.insert(ip, endpoint.clone()) {
-                        errors.push((
-                            name.clone(),
-                            format!("IP {ip} is also endpoint {:?}", other.name),
-                        ));
+    let empty = RuleCache::new();
+    Compiler {
+        previous: &empty,
+        used: HashMap::new(),
+    }
+    .policies(resources)
+}
+
+impl Compiler<'_> {
+    fn policies(
+        &mut self,
+        resources: &BTreeMap<String, Arc<proto::Resource>>,
+    ) -> Result<DnsPolicies, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let mut by_ip = HashMap::new();
+        for (name, resource) in resources {
+            let policy = match &resource.body {
+                Some(proto::resource::Body::NetworkPolicy(policy)) => policy,
+                Some(_) => {
+                    errors.push((name.clone(), "resource is not a NetworkPolicy".to_owned()));
+                    continue;
+                }
+                None => {
+                    errors.push((name.clone(), "resource has no body".to_owned()));
+                    continue;
+                }
+            };
+            match self.endpoint(name, policy) {
+                Ok((ips, endpoint)) => {
+                    let endpoint = Arc::new(endpoint);
+                    for ip in ips {
+                        if let Some(other) = by_ip.insert(ip, endpoint.clone()) {
+                            errors.push((
+                                name.clone(),
+                                format!("IP {ip} is also endpoint {:?}", other.name),
+                            ));
+                        }
                     }
                 }
+                Err(reason) => errors.push((name.clone(), reason)),
             }
-            Err(reason) => errors.push((name.clone(), reason)),
+        }
+        if errors.is_empty() {
+            Ok(DnsPolicies { by_ip })
+        } else {
+            Err(errors)
         }
     }
-    if errors.is_empty() {
-        Ok(DnsPolicies { by_ip })
-    } else {
-        Err(errors)
-    }
-}
 
-fn endpoint(
-    name: &str,
-    policy: &proto::NetworkPolicy,
-) -> Result<(Vec<IpAddr>, EndpointDns), String> {
-    let mut ips = Vec::with_capacity(policy.ips.len());
-    for (i, ip) in policy.ips.iter().enumerate() {
-        let parsed: IpAddr = ip
-            .trim()
-            .parse()
-            .map_err(|_| format!("ips[{i}]: invalid IP address {ip:?}"))?;
-        let parsed = parsed.to_canonical();
-        if !ips.contains(&parsed) {
-            ips.push(parsed);
+    fn endpoint(
+        &mut self,
+        name: &str,
+        policy: &proto::NetworkPolicy,
+    ) -> Result<(Vec<IpAddr>, EndpointDns), String> {
+        let mut ips = Vec::with_capacity(policy.ips.len());
+        for (i, ip) in policy.ips.iter().enumerate() {
+            let parsed: IpAddr = ip
+                .trim()
+                .parse()
+                .map_err(|_| format!("ips[{i}]: invalid IP address {ip:?}"))?;
+            let parsed = parsed.to_canonical();
+            if !ips.contains(&parsed) {
+                ips.push(parsed);
+            }
         }
-    }
-    let mut entries = Vec::new();
-    if let Some(egress) = &policy.egress {
-        for (i, entry) in egress.entries.iter().enumerate() {
-            let converted = dns_entry(entry)
-                .map_err(|e| format!("egress.entries[{i}] (peer {:?}): {e}", entry.peer))?;
-            entries.extend(converted);
+        let mut entries = Vec::new();
+        if let Some(egress) = &policy.egress {
+            for (i, entry) in egress.entries.iter().enumerate() {
+                let converted = self
+                    .dns_entry(entry)
+                    .map_err(|e| format!("egress.entries[{i}] (peer {:?}): {e}", entry.peer))?;
+                entries.extend(converted);
+            }
         }
+        Ok((
+            ips,
+            EndpointDns {
+                name: name.to_owned(),
+                namespace: policy.namespace.clone(),
+                pod: policy.pod.clone(),
+                identity: policy.identity,
+                entries,
+            },
+        ))
     }
-    Ok((
-        ips,
-        EndpointDns {
-            name: name.to_owned(),
-            namespace: policy.namespace.clone(),
-            pod: policy.pod.clone(),
-            identity: policy.identity,
-            entries,
-        },
-    ))
-}
 
-/// `Ok(None)` for entries that do not concern the DNS proxy.
-fn dns_entry(entry: &proto::PortPolicy) -> Result<Option<DnsEntry>, String> {
-    let action = proto::Action::try_from(entry.action)
-        .map_err(|_| format!("unknown action {}", entry.action))?;
-    let parser = proto::L7Parser::try_from(entry.parser)
-        .map_err(|_| format!("unknown L7 parser {}", entry.parser))?;
-    if action != proto::Action::Redirect || parser != proto::L7Parser::Dns {
-        return Ok(None);
-    }
-    let protocol = match proto::Protocol::try_from(entry.protocol) {
-        Ok(proto::Protocol::Any) => None,
-        Ok(proto::Protocol::Tcp) => Some(Transport::Tcp),
-        Ok(proto::Protocol::Udp) => Some(Transport::Udp),
-        // DNS over SCTP never reaches this proxy.
-        Ok(proto::Protocol::Sctp) => return Ok(None),
-        Err(_) => return Err(format!("unknown protocol {}", entry.protocol)),
-    };
-    let port =
-        u16::try_from(entry.port).map_err(|_| format!("port {} out of range", entry.port))?;
-    let end_port = u16::try_from(entry.end_port)
-        .map_err(|_| format!("end_port {} out of range", entry.end_port))?;
-    let end_port = match (port, end_port) {
-        (0, _) => 0,
-        (p, 0) => p,
-        (p, e) if e < p => return Err(format!("end_port {e} below port {p}")),
-        (_, e) => e,
-    };
-    let mut remote_identities = entry.remote_identities.clone();
-    remote_identities.sort_unstable();
-    remote_identities.dedup();
-    let rule_sets = entry
-        .dns_rule_sets
-        .iter()
-        .enumerate()
-        .map(|(i, set)| {
-            rule_set(set).map_err(|e| format!("dns_rule_sets[{i}] ({}): {e}", set.origin))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(DnsEntry {
-        protocol,
-        port,
-        end_port,
-        all_identities: entry.all_identities,
-        remote_identities,
-        allow_all: entry.l7_allow_all,
-        rule_sets,
-        origins: entry
-            .origins
+    /// `Ok(None)` for entries that do not concern the DNS proxy.
+    fn dns_entry(&mut self, entry: &proto::PortPolicy) -> Result<Option<DnsEntry>, String> {
+        let action = proto::Action::try_from(entry.action)
+            .map_err(|_| format!("unknown action {}", entry.action))?;
+        let parser = proto::L7Parser::try_from(entry.parser)
+            .map_err(|_| format!("unknown L7 parser {}", entry.parser))?;
+        if action != proto::Action::Redirect || parser != proto::L7Parser::Dns {
+            return Ok(None);
+        }
+        let protocol = match proto::Protocol::try_from(entry.protocol) {
+            Ok(proto::Protocol::Any) => None,
+            Ok(proto::Protocol::Tcp) => Some(Transport::Tcp),
+            Ok(proto::Protocol::Udp) => Some(Transport::Udp),
+            // DNS over SCTP never reaches this proxy.
+            Ok(proto::Protocol::Sctp) => return Ok(None),
+            Err(_) => return Err(format!("unknown protocol {}", entry.protocol)),
+        };
+        let port =
+            u16::try_from(entry.port).map_err(|_| format!("port {} out of range", entry.port))?;
+        let end_port = u16::try_from(entry.end_port)
+            .map_err(|_| format!("end_port {} out of range", entry.end_port))?;
+        let end_port = match (port, end_port) {
+            (0, _) => 0,
+            (p, 0) => p,
+            (p, e) if e < p => return Err(format!("end_port {e} below port {p}")),
+            (_, e) => e,
+        };
+        let mut remote_identities = entry.remote_identities.clone();
+        remote_identities.sort_unstable();
+        remote_identities.dedup();
+        let rule_sets = entry
+            .dns_rule_sets
             .iter()
-            .map(|o| Arc::from(o.as_str()))
-            .collect(),
-    }))
-}
+            .enumerate()
+            .map(|(i, set)| {
+                self.rule_set(set)
+                    .map_err(|e| format!("dns_rule_sets[{i}] ({}): {e}", set.origin))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(DnsEntry {
+            protocol,
+            port,
+            end_port,
+            all_identities: entry.all_identities,
+            remote_identities,
+            allow_all: entry.l7_allow_all,
+            rule_sets,
+            origins: entry
+                .origins
+                .iter()
+                .map(|o| Arc::from(o.as_str()))
+                .collect(),
+        }))
+    }
 
-fn rule_set(set: &proto::DnsRuleSet) -> Result<NamedRuleSet, String> {
-    let specs = set
-        .selectors
-        .iter()
-        .enumerate()
-        .map(|(i, s)| match &s.selector {
-            Some(proto::dns_selector::Selector::MatchName(n)) => {
-                Ok(DnsSelectorSpec::MatchName(n.clone()))
-            }
-            Some(proto::dns_selector::Selector::MatchPattern(p)) => {
-                Ok(DnsSelectorSpec::MatchPattern(p.clone()))
-            }
-            None => Err(format!(
-                "selectors[{i}]: neither matchName nor matchPattern"
-            )),
+    fn rule_set(&mut self, set: &proto::DnsRuleSet) -> Result<NamedRuleSet, String> {
+        let specs = set
+            .selectors
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match &s.selector {
+                Some(proto::dns_selector::Selector::MatchName(n)) => {
+                    Ok(DnsSelectorSpec::MatchName(n.clone()))
+                }
+                Some(proto::dns_selector::Selector::MatchPattern(p)) => {
+                    Ok(DnsSelectorSpec::MatchPattern(p.clone()))
+                }
+                None => Err(format!(
+                    "selectors[{i}]: neither matchName nor matchPattern"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let origin = Arc::from(set.origin.as_str());
+        if let Some(compiled) = self.used.get(&specs).or_else(|| self.previous.get(&specs)) {
+            let compiled = compiled.clone();
+            self.used.insert(specs, compiled.clone());
+            return Ok(NamedRuleSet {
+                origin,
+                set: compiled,
+            });
+        }
+        let compiled = Arc::new(DnsRuleSet::compile(&specs).map_err(|e| e.to_string())?);
+        self.used.insert(specs, compiled.clone());
+        Ok(NamedRuleSet {
+            origin,
+            set: compiled,
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let compiled = DnsRuleSet::compile(&specs).map_err(|e| e.to_string())?;
-    Ok(NamedRuleSet {
-        origin: Arc::from(set.origin.as_str()),
-        set: Arc::new(compiled),
-    })
+    }
 }
 
 /// Why a query was allowed or denied (SEMANTICS 5.4).
@@ -388,6 +435,25 @@ mod tests {
             build_policies(&resources(vec![entry(53, &[7], &["bad pattern"])])).expect_err("NACK");
         assert_eq!(errors[0].0, "default/client");
         assert!(errors[0].1.contains("dns_rule_sets[0]"), "{}", errors[0].1);
+    }
+
+    // Same selectors, one compiled set: across entries and across versions.
+    #[test]
+    fn rule_sets_are_shared_and_kept() {
+        use xds::TypeHandler as _;
+        let handler = DnsPolicyHandler::default();
+        let resources = resources(vec![
+            entry(53, &[7], &["*.example.com"]),
+            entry(5353, &[7], &["*.example.com"]),
+        ]);
+        let set = |built: &DnsPolicies, i: usize| {
+            let ep = built.endpoint("10.0.0.5".parse().expect("ip")).expect("ep");
+            ep.entries[i].rule_sets[0].set.clone()
+        };
+        let first = handler.build(&resources).expect("builds");
+        let second = handler.build(&resources).expect("builds");
+        assert!(Arc::ptr_eq(&set(&first, 0), &set(&first, 1)));
+        assert!(Arc::ptr_eq(&set(&first, 0), &set(&second, 0)));
     }
 
     #[test]

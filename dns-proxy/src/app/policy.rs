@@ -163,6 +163,7 @@ impl Compiler<'_> {
     ) -> Result<DnsPolicies, Vec<(String, String)>> {
         let mut errors = Vec::new();
         let mut by_ip = HashMap::new();
+        let mut conflicts = HashMap::new();
         for (name, resource) in resources {
             let policy = match &resource.body {
                 Some(proto::resource::Body::NetworkPolicy(policy)) => policy,
@@ -180,15 +181,18 @@ impl Compiler<'_> {
                     let endpoint = Arc::new(endpoint);
                     for ip in ips {
                         if let Some(other) = by_ip.insert(ip, endpoint.clone()) {
-                            errors.push((
-                                name.clone(),
-                                format!("IP {ip} is also endpoint {:?}", other.name),
-                            ));
+                            conflicts.insert(ip, [other.name.clone(), name.clone()]);
                         }
                     }
                 }
                 Err(reason) => errors.push((name.clone(), reason)),
             }
+        }
+        // An IP two pods claim (a pod leaving while its IP is reused) is served by
+        // neither: fail closed, as the HTTP proxy does, rather than reject the version.
+        for (ip, names) in conflicts {
+            tracing::warn!(%ip, endpoints = ?names, "several endpoints claim one IP; its queries are denied");
+            by_ip.remove(&ip);
         }
         if errors.is_empty() {
             Ok(DnsPolicies { by_ip })
@@ -454,6 +458,23 @@ mod tests {
         let second = handler.build(&resources).expect("builds");
         assert!(Arc::ptr_eq(&set(&first, 0), &set(&first, 1)));
         assert!(Arc::ptr_eq(&set(&first, 0), &set(&second, 0)));
+    }
+
+    // Fail closed for an IP two endpoints claim; the others are unaffected.
+    #[test]
+    fn a_claimed_twice_ip_has_no_endpoint() {
+        let mut all = resources(vec![entry(53, &[7], &["*"])]);
+        let mut other = (*all["default/client"]).clone();
+        other.name = "default/other".into();
+        if let Some(proto::resource::Body::NetworkPolicy(p)) = &mut other.body {
+            p.pod = "other".into();
+            p.ips.push("10.0.0.6".into());
+        }
+        all.insert("default/other".into(), Arc::new(other));
+        let built = build_policies(&all).expect("builds");
+        assert!(built.endpoint("10.0.0.5".parse().expect("ip")).is_none());
+        let ep = built.endpoint("10.0.0.6".parse().expect("ip")).expect("ep");
+        assert_eq!(ep.name, "default/other");
     }
 
     #[test]

@@ -193,36 +193,57 @@ pub enum ReplyPath {
     Listener,
     /// From the server's address (transparent mode): one unconnected transparent socket per
     /// server address.
-    Spoofed(Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>),
+    Spoofed(Mutex<ReplySockets>),
+}
+
+#[derive(Debug, Default)]
+pub struct ReplySockets {
+    sockets: HashMap<SocketAddr, Arc<UdpSocket>>,
+    /// When a failure to open one was last logged, per server address.
+    warned: HashMap<SocketAddr, Instant>,
 }
 
 impl ReplyPath {
     fn socket_for(&self, server: SocketAddr) -> Option<Arc<UdpSocket>> {
-        let Self::Spoofed(sockets) = self else {
+        let Self::Spoofed(replies) = self else {
             return None;
         };
-        let mut sockets = sockets.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(socket) = sockets.get(&server) {
+        let mut replies = replies.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(socket) = replies.sockets.get(&server) {
             return Some(socket.clone());
         }
-        if sockets.len() >= MAX_REPLY_SOCKETS {
+        if replies.sockets.len() >= MAX_REPLY_SOCKETS {
             // Clients choose the addresses: keep the descriptors bounded. Sockets in use
             // close when their last answer is sent.
             tracing::info!(
-                count = sockets.len(),
+                count = replies.sockets.len(),
                 "too many reply sockets; closing them all"
             );
-            sockets.clear();
+            replies.sockets.clear();
         }
         match reply_socket(server) {
             Ok(socket) => {
                 tracing::info!(%server, "opened a reply socket bound to the server's address (IP_TRANSPARENT, unconnected) to answer clients from it");
                 let socket = Arc::new(socket);
-                sockets.insert(server, socket.clone());
+                replies.sockets.insert(server, socket.clone());
                 Some(socket)
             }
             Err(error) => {
-                tracing::warn!(%error, "cannot answer from the server's address");
+                // E.g. a process of the node holds that address and port exclusively.
+                let now = Instant::now();
+                let recent = replies
+                    .warned
+                    .get(&server)
+                    .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(60));
+                if recent {
+                    tracing::debug!(%error, "cannot answer from the server's address");
+                } else {
+                    tracing::warn!(%error, "cannot answer from the server's address; answers to it are lost (logged at most once a minute per address)");
+                    if replies.warned.len() >= MAX_REPLY_SOCKETS {
+                        replies.warned.clear();
+                    }
+                    replies.warned.insert(server, now);
+                }
                 None
             }
         }

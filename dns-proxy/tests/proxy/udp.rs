@@ -211,3 +211,28 @@ async fn the_in_flight_bound_sheds_with_servfail() {
     let answer = ask(&proxy, &query(54, "www.test.")).await;
     assert_eq!(rcode(&answer), ResponseCode::NoError);
 }
+
+// Before the first policy arrives (no agent at all) every query is refused: fail closed,
+// and nothing reaches the server.
+#[tokio::test]
+async fn no_policy_yet_is_refused() {
+    let upstream = crate::harness::Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = dns_proxy::app::Config::new(
+        xds::Endpoint::Unix(dir.path().join("nobody.sock")),
+        dns_proxy::app::Mode::Forward {
+            listen: (CLIENT_IP, 0).into(),
+            upstream: upstream.addr,
+        },
+    );
+    config.admin = (CLIENT_IP, 0).into();
+    let running = dns_proxy::app::start(config).await.expect("starts");
+    let answer = udp_exchange(CLIENT_IP, running.udp[0], &query(61, "www.test."), WAIT)
+        .await
+        .expect("an answer");
+    let answer = Message::from_vec(&answer).expect("parses");
+    assert_eq!(rcode(&answer), ResponseCode::Refused);
+    assert_eq!(answer.metadata.id, 61);
+    assert!(upstream.seen().is_empty());
+    running.shutdown().await;
+}

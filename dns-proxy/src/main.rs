@@ -52,7 +52,9 @@ struct Args {
     /// Forward mode: the DNS server every query goes to.
     #[arg(long)]
     upstream: Option<SocketAddr>,
-    /// SO_MARK on every upstream socket (0: none). Decimal or 0x-prefixed hexadecimal.
+    /// SO_MARK on every upstream socket (0: none), so the datapath does not redirect the
+    /// proxy's own queries. Decimal or 0x-prefixed hexadecimal. Needs CAP_NET_ADMIN; in
+    /// forward mode without it the sockets stay unmarked (with a warning).
     #[arg(long, value_parser = parse_mark, default_value = "0x300")]
     mark: u32,
     /// Source address of upstream sockets. Default: original in transparent mode, node in

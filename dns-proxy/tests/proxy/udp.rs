@@ -236,3 +236,25 @@ async fn no_policy_yet_is_refused() {
     assert!(upstream.seen().is_empty());
     running.shutdown().await;
 }
+
+// Upstream sockets are pooled and closed once idle; the next query opens a new one.
+#[tokio::test]
+async fn idle_upstream_sockets_are_closed() {
+    let proxy = Proxy::start(|c| c.udp_upstream_idle = Duration::from_millis(100)).await;
+    for id in [71, 72] {
+        assert_eq!(
+            rcode(&ask(&proxy, &query(id, "www.test.")).await),
+            ResponseCode::NoError
+        );
+    }
+    assert_eq!(proxy.metric("dns_proxy_upstream_udp_sockets").await, 1.0);
+    let deadline = Instant::now() + WAIT;
+    while proxy.metric("dns_proxy_upstream_udp_sockets").await != 0.0 {
+        assert!(Instant::now() < deadline, "the idle socket is never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        rcode(&ask(&proxy, &query(73, "www.test.")).await),
+        ResponseCode::NoError
+    );
+}

@@ -150,6 +150,9 @@ impl B6Env {
             .arg(format!("dir:{}", manifests.display()))
             .arg("--xds-socket")
             .arg(&socket)
+            // Not the default file under /var/lib, which would outlive the run.
+            .arg("--fqdn-state")
+            .arg(dir.join("fqdn-cache.json"))
             .env("NODE_AGENT_LOG", "warn")
             .env("NO_COLOR", "1");
         let agent = Proc::spawn(agent, "node-agent")?;

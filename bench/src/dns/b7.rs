@@ -208,6 +208,10 @@ impl B7Env {
             .arg(&socket)
             .arg("--bpf-dir")
             .arg(&pins.0)
+            // A cache of its own: the default file outlives the run, and names restored
+            // from an earlier run would be allowed before any hold.
+            .arg("--fqdn-state")
+            .arg(dir.join("fqdn-cache.json"))
             .args(["--dns-port", &DNS_PORT.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -391,6 +395,8 @@ impl B7Env {
 pub struct LoadResult {
     pub names: u64,
     pub achieved_rate: f64,
+    /// Resolved, no connect asked for (baseline runs).
+    pub resolved_only: u64,
     pub first_syn_ok: u64,
     pub connect_late: u64,
     pub connect_failed: u64,
@@ -418,6 +424,7 @@ impl LoadResult {
         Ok(Self {
             names: int("names"),
             achieved_rate: float("achieved_rate"),
+            resolved_only: int("resolved_only"),
             first_syn_ok: int("first_syn_ok"),
             connect_late: int("connect_late"),
             connect_failed: int("connect_failed"),
@@ -448,9 +455,10 @@ pub struct B7Sample {
 }
 
 impl B7Sample {
-    /// Percent of names whose first SYN was allowed (of all names, failures included).
+    /// Percent of names whose first SYN was allowed (of all names, failures included);
+    /// NaN for runs that do not connect.
     pub fn first_syn_percent(&self) -> f64 {
-        if self.load.names == 0 {
+        if self.load.names == 0 || self.kind == Kind::Baseline {
             f64::NAN
         } else {
             100.0 * self.load.first_syn_ok as f64 / self.load.names as f64

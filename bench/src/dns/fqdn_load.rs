@@ -29,19 +29,14 @@ pub struct LoadArgs {
 /// What happened to one name.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Outcome {
-    /// Resolved (µs) and, when asked, connected on the first SYN (µs).
-    Ok {
-        resolve_us: f64,
-        connect_us: f64,
-    },
-    /// Resolved, but the connect needed a SYN retransmission or failed.
-    ConnectLate {
-        resolve_us: f64,
-        connect_us: f64,
-    },
-    ConnectFailed {
-        resolve_us: f64,
-    },
+    /// Resolved (µs); no connect was asked for.
+    Resolved { resolve_us: f64 },
+    /// Resolved (µs) and connected on the first SYN (µs).
+    Ok { resolve_us: f64, connect_us: f64 },
+    /// Resolved, but the connect needed a SYN retransmission.
+    ConnectLate { resolve_us: f64, connect_us: f64 },
+    /// Resolved, but no connection within the timeout.
+    ConnectFailed { resolve_us: f64 },
     /// No usable answer: timeout, an error rcode or no A record.
     ResolveFailed,
 }
@@ -60,10 +55,7 @@ async fn one(args: &LoadArgs, index: u32, connect: bool) -> Outcome {
     };
     let resolve_us = start.elapsed().as_secs_f64() * 1e6;
     if !connect {
-        return Outcome::Ok {
-            resolve_us,
-            connect_us: 0.0,
-        };
+        return Outcome::Resolved { resolve_us };
     }
     let start = Instant::now();
     let result = tokio::time::timeout(
@@ -148,8 +140,13 @@ async fn load(args: LoadArgs) -> Result<serde_json::Value> {
     let mut resolve = Vec::new();
     let mut connect_times = Vec::new();
     let (mut ok, mut late, mut conn_failed, mut res_failed) = (0u64, 0u64, 0u64, 0u64);
+    let mut resolved_only = 0u64;
     while let Some(outcome) = tasks.join_next().await {
         match outcome.context("a name's task failed")? {
+            Outcome::Resolved { resolve_us } => {
+                resolved_only += 1;
+                resolve.push(resolve_us);
+            }
             Outcome::Ok {
                 resolve_us,
                 connect_us,
@@ -180,6 +177,7 @@ async fn load(args: LoadArgs) -> Result<serde_json::Value> {
         "names": total,
         "send_secs": sent_secs,
         "achieved_rate": total as f64 / sent_secs.max(1e-9),
+        "resolved_only": resolved_only,
         "first_syn_ok": ok,
         "connect_late": late,
         "connect_failed": conn_failed,

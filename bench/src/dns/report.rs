@@ -278,12 +278,40 @@ impl Report {
                     )
                 },
             );
+            let held: Vec<f64> = pairs.iter().map(|(f, _)| get(f)).collect();
+            let base: Vec<f64> = pairs.iter().map(|(_, b)| get(b)).collect();
             let _ = writeln!(
                 out,
-                "| B7 | added p{p} resolution latency, held − baseline, µs | {} | {target} |",
+                "| B7 | added p{p} resolution latency, held − baseline, µs (medians: held {}, baseline {}) | {} | {target} |",
+                num(median(&held).unwrap_or(f64::NAN), 0),
+                num(median(&base).unwrap_or(f64::NAN), 0),
                 spread_text(&added)
             );
         }
+    }
+
+    /// The hold histogram and timeouts over all held runs together.
+    fn b7_hold_summary(&self, out: &mut String) {
+        let fqdn: Vec<&B7Sample> = self.b7.iter().filter(|s| s.kind == Kind::Fqdn).collect();
+        if fqdn.is_empty() {
+            return;
+        }
+        let timeouts: f64 = fqdn.iter().map(|s| s.hold_timeouts).sum();
+        let errors: f64 = fqdn.iter().map(|s| s.fqdn_errors).sum();
+        let p50: Vec<f64> = fqdn
+            .iter()
+            .map(|s| s.hold.percentile_bound(50.0) * 1e6)
+            .collect();
+        let p99: Vec<f64> = fqdn
+            .iter()
+            .map(|s| s.hold.percentile_bound(99.0) * 1e6)
+            .collect();
+        let _ = writeln!(
+            out,
+            "| B7 | proxy hold (dns_proxy_fqdn_hold_seconds), held runs: bucket bound of p50 / p99, µs | {} / {} (median over runs); hold timeouts {timeouts:.0}, FQDN errors {errors:.0} in all | (diagnosis) |",
+            num(median(&p50).unwrap_or(f64::NAN), 0),
+            num(median(&p99).unwrap_or(f64::NAN), 0),
+        );
     }
 
     pub fn render(&self) -> String {
@@ -298,6 +326,7 @@ impl Report {
         );
         self.b6_summary(&mut out);
         self.b7_summary(&mut out);
+        self.b7_hold_summary(&mut out);
         let _ = writeln!(out, "\n## Set-up\n\n{}", self.header);
         self.b6_tables(&mut out);
         self.b7_tables(&mut out);
@@ -414,8 +443,8 @@ impl Report {
         let _ = writeln!(
             out,
             "## B7: every run\n\n\
-             | round | names | names/s | first SYN ok | late SYN | connect failed | unresolved | resolve p50 µs | p90 | p99 | max | connect p50 µs | p99 | holds | hold p50 ≤ | hold p99 ≤ | hold timeouts | FQDN errors | proxy µs/name | agent µs/name |\n\
-             | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+             | round | names | names/s | resolved (no connect) | first SYN ok | late SYN | connect failed | unresolved | resolve p50 µs | p90 | p99 | max | connect p50 µs | p99 | holds | hold p50 ≤ | hold p99 ≤ | hold timeouts | FQDN errors | proxy µs/name | agent µs/name |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
         for s in &self.b7 {
             let per = |us: f64| {
@@ -428,11 +457,12 @@ impl Report {
             let l = &s.load;
             let _ = writeln!(
                 out,
-                "| {} {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} µs | {} µs | {} | {} | {} | {} |",
+                "| {} {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} µs | {} µs | {} | {} | {} | {} |",
                 s.round,
                 s.kind.name(),
                 l.names,
                 num(l.achieved_rate, 0),
+                l.resolved_only,
                 l.first_syn_ok,
                 l.connect_late,
                 l.connect_failed,

@@ -75,6 +75,7 @@ pub(super) struct FqdnRuntime {
     /// The cache changed since it was last saved.
     unsaved: bool,
     last_save: Option<Instant>,
+    last_observation: Option<Instant>,
     observations: u64,
     refused: u64,
 }
@@ -85,6 +86,7 @@ impl FqdnRuntime {
             settings,
             unsaved: false,
             last_save: None,
+            last_observation: None,
             observations: 0,
             refused: 0,
         }
@@ -211,6 +213,7 @@ impl PolicyPipeline {
             return;
         }
         let changes = self.compiler.flush();
+        let flushed_us = started.elapsed().as_micros() as u64;
         if !changes.identities.is_empty()
             && let Some(hooks) = &self.hooks
         {
@@ -219,18 +222,9 @@ impl PolicyPipeline {
         if self.builder.update(&self.compiler, &changes) {
             self.publish.send_replace(self.builder.snapshot());
         }
-        let programmed: Result<Option<crate::datapath::IncrementalReport>, String> =
-            match self.datapath.as_mut() {
-                None => Ok(None),
-                Some(_) if Datapath::needs_reconcile(&changes) => {
-                    self.reconcile_datapath();
-                    Ok(None)
-                }
-                Some(datapath) => datapath
-                    .program_changes(&self.compiler, &changes)
-                    .map(Some)
-                    .map_err(|e| e.to_string()),
-            };
+        let published_us = started.elapsed().as_micros() as u64;
+        let programmed = self.program_fqdn_changes(&changes);
+        self.fqdn.last_observation = Some(Instant::now());
         let elapsed_us = started.elapsed().as_micros() as u64;
         let detail = match &programmed {
             Ok(Some(r)) => format!(
@@ -250,6 +244,8 @@ impl PolicyPipeline {
             selected,
             recompiled = changes.recompiled.len(),
             identities = changes.identities.len(),
+            flushed_us,
+            published_us,
             elapsed_us,
             %detail,
             "FQDN answers programmed"
@@ -271,7 +267,39 @@ impl PolicyPipeline {
         }
         // Withdrawn entries (evictions) may cut flows: re-checked after the replies, which
         // never wait for a conntrack scan.
-        if let Ok(Some(report)) = &programmed
+        self.recheck_after(&programmed);
+        self.publish_fqdn_metrics();
+    }
+
+    /// Programs what an FQDN flush changed: incrementally, unless it needs the full
+    /// reconcile. `Ok(None)`: no datapath, or the full reconcile ran.
+    fn program_fqdn_changes(
+        &mut self,
+        changes: &crate::compiler::Changes,
+    ) -> Result<Option<crate::datapath::IncrementalReport>, String> {
+        if !self.ready {
+            return Ok(None);
+        }
+        match self.datapath.as_mut() {
+            None => Ok(None),
+            Some(_) if Datapath::needs_reconcile(changes) => {
+                self.reconcile_datapath();
+                Ok(None)
+            }
+            Some(datapath) => datapath
+                .program_changes(&self.compiler, changes)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// After entries were withdrawn: established flows the policy now denies are cut,
+    /// except the zombies' (SEMANTICS 6.4).
+    fn recheck_after(
+        &mut self,
+        programmed: &Result<Option<crate::datapath::IncrementalReport>, String>,
+    ) {
+        if let Ok(Some(report)) = programmed
             && report.deleted()
         {
             let exempt = zombie_flows(&self.compiler);
@@ -279,7 +307,46 @@ impl PolicyPipeline {
                 Self::sweep(datapath, true, &exempt);
             }
         }
-        self.publish_fqdn_metrics();
+    }
+
+    /// The tick's FQDN expiry, recompiled, published and programmed incrementally.
+    /// Returns whether it changed anything.
+    pub(super) fn expire_and_program(&mut self, now: Instant) -> bool {
+        if !self.expire_fqdn(now) {
+            return false;
+        }
+        let changes = self.compiler.flush();
+        if let Some(hooks) = &self.hooks {
+            hooks.update_names(&self.compiler);
+        }
+        if self.builder.update(&self.compiler, &changes) {
+            self.publish.send_replace(self.builder.snapshot());
+        }
+        let programmed = self.program_fqdn_changes(&changes);
+        match &programmed {
+            Ok(Some(report)) => tracing::info!(
+                ipcache_upserts = report.ipcache_upserts,
+                ipcache_deletes = report.ipcache_deletes,
+                policy_upserts = report.policy_upserts,
+                policy_deletes = report.policy_deletes,
+                elapsed_us = now.elapsed().as_micros() as u64,
+                "expired FQDN entries withdrawn"
+            ),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, "withdrawing expired FQDN entries failed; retrying on the next refresh")
+            }
+        }
+        self.recheck_after(&programmed);
+        true
+    }
+
+    /// Whether a DNS answer was handled within `window`: the tick then skips the full
+    /// reconcile (its `ip` calls take milliseconds, which answers would wait behind).
+    pub(super) fn answers_within(&self, window: Duration) -> bool {
+        self.fqdn
+            .last_observation
+            .is_some_and(|at| at.elapsed() < window)
     }
 
     /// The 1 s tick's FQDN work: expire what is due (one conntrack scan), then save the

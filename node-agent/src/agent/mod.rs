@@ -32,6 +32,9 @@ use crate::source::{DirectorySource, SourceError, SourceEvent};
 /// How often the datapath is refreshed when no policy event arrives.
 const DATAPATH_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How often the datapath is fully refreshed at least while DNS answers keep coming.
+const BUSY_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Idle conntrack entries are expired every this many refreshes.
 const CONNTRACK_EXPIRY_TICKS: u64 = 30;
 
@@ -75,6 +78,8 @@ pub struct PolicyPipeline {
     datapath: Option<Datapath>,
     ready: bool,
     fqdn: fqdn::FqdnRuntime,
+    /// When the last full reconcile ran.
+    last_reconcile: Option<Instant>,
 }
 
 impl PolicyPipeline {
@@ -98,6 +103,7 @@ impl PolicyPipeline {
             datapath: None,
             ready: false,
             fqdn: fqdn::FqdnRuntime::new(settings),
+            last_reconcile: None,
         };
         (pipeline, snapshots)
     }
@@ -151,8 +157,8 @@ impl PolicyPipeline {
     }
 
     /// Recompiles what the compiler recorded, publishes and reconciles the datapath if
-    /// anything changed; returns whether it reconciled.
-    fn flush_publish_reconcile(&mut self, started: Instant, count: usize, synced: bool) -> bool {
+    /// anything changed.
+    fn flush_publish_reconcile(&mut self, started: Instant, count: usize, synced: bool) {
         let changes = self.compiler.flush();
         if let Some(hooks) = &self.hooks {
             hooks.update_names(&self.compiler);
@@ -177,7 +183,6 @@ impl PolicyPipeline {
         if changed || synced {
             self.reconcile_datapath();
         }
-        changed || synced
     }
 
     /// Brings the datapath to the compiled state. Never before the source has been read
@@ -193,6 +198,7 @@ impl PolicyPipeline {
             return;
         };
         let started = Instant::now();
+        self.last_reconcile = Some(started);
         match datapath.reconcile(&self.compiler) {
             Ok(report) if report.is_empty() => {}
             Ok(report) => {
@@ -229,8 +235,16 @@ impl PolicyPipeline {
     /// changed something), the datapath refresh, saving the FQDN cache.
     pub fn tick(&mut self) {
         let now = Instant::now();
-        let reconciled = self.expire_fqdn(now) && self.flush_publish_reconcile(now, 0, false);
-        if !reconciled {
+        self.expire_and_program(now);
+        // Under a steady stream of DNS answers the full reconcile runs less often, so
+        // that answers rarely wait behind it; new devices are still found within
+        // `BUSY_REFRESH`.
+        let busy = self.answers_within(DATAPATH_REFRESH);
+        if !busy
+            || self
+                .last_reconcile
+                .is_none_or(|at| at.elapsed() >= BUSY_REFRESH)
+        {
             self.reconcile_datapath();
         }
         self.save_fqdn(false);

@@ -222,18 +222,26 @@ impl Compiler {
         let Some((Some(matcher), _)) = self.fqdn.matchers.get(spec) else {
             return Selection::default();
         };
+        // This endpoint's zombies, found once (the set sorts by endpoint first), so the
+        // loop below allocates nothing per IP.
+        let zombies: BTreeSet<(&str, IpAddr)> = if self.fqdn.zombies.is_empty() {
+            BTreeSet::new()
+        } else {
+            let from = (endpoint.clone(), String::new(), IpAddr::from([0u8; 4]));
+            self.fqdn
+                .zombies
+                .range(from..)
+                .take_while(|(ep, _, _)| ep == endpoint)
+                .map(|(_, name, ip)| (name.as_str(), *ip))
+                .collect()
+        };
         let mut identities = Vec::new();
         for (name, ips) in self.fqdn.cache.names_of(endpoint) {
             if !matcher.matches(name) {
                 continue;
             }
             for ip in ips {
-                if !self.fqdn.acquired.contains(&ip)
-                    || self
-                        .fqdn
-                        .zombies
-                        .contains(&(endpoint.clone(), name.to_owned(), ip))
-                {
+                if !self.fqdn.acquired.contains(&ip) || zombies.contains(&(name, ip)) {
                     continue;
                 }
                 if let Some((id, _)) = self.cidrs.get(&host_net(ip)) {

@@ -277,8 +277,9 @@ impl PolicyPipeline {
         &mut self,
         changes: &crate::compiler::Changes,
     ) -> Result<Option<crate::datapath::IncrementalReport>, String> {
-        if !self.ready {
-            return Ok(None);
+        if !self.ready && self.datapath.is_some() {
+            // The maps keep a previous agent's state until the source is read.
+            return Err("the agent has not read its policy source yet".into());
         }
         match self.datapath.as_mut() {
             None => Ok(None),

@@ -13,7 +13,7 @@
 //! - A change marks dirty exactly the endpoints whose policy has a toFQDNs selector that
 //!   matches the name.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use ipnet::IpNet;
 use super::endpoint::Selection;
 use super::{Compiler, EndpointKey};
 use crate::fqdn::{FqdnCache, FqdnConfig, LoadOutcome, PersistError, Removed};
+use crate::identity::Identity;
 use crate::policy::rule::DnsSelectorSpecKey;
 use crate::policy::{Direction, Peer, Policy};
 
@@ -39,8 +40,9 @@ pub(super) struct FqdnState {
     matchers: BTreeMap<DnsSelectorSpecKey, (Option<Arc<CompiledNameMatcher>>, usize)>,
     /// Per IP, the (endpoint, name) entries holding it.
     by_ip: BTreeMap<IpAddr, BTreeSet<(EndpointKey, String)>>,
-    /// IPs the compiler holds a CIDR reference for.
-    acquired: BTreeSet<IpAddr>,
+    /// IPs the compiler holds a CIDR reference for, with that prefix's identity (fixed
+    /// while the reference is held). Hashed: looked up for every IP of every selection.
+    acquired: HashMap<IpAddr, Identity>,
     /// Expired entries kept for connections that still use them.
     zombies: BTreeSet<EntryKey>,
     /// Per compiled endpoint, the toFQDNs selectors its policy uses.
@@ -241,10 +243,9 @@ impl Compiler {
                 continue;
             }
             for ip in ips {
-                if !self.fqdn.acquired.contains(&ip) || zombies.contains(&(name, ip)) {
-                    continue;
-                }
-                if let Some((id, _)) = self.cidrs.get(&host_net(ip)) {
+                if let Some(id) = self.fqdn.acquired.get(&ip)
+                    && !zombies.contains(&(name, ip))
+                {
                     identities.push(*id);
                 }
             }
@@ -321,13 +322,15 @@ impl Compiler {
         let holders = self.fqdn.by_ip.get(&ip);
         let want = !self.pods_by_ip.contains_key(&ip)
             && holders.is_some_and(|h| h.iter().any(|(_, name)| self.name_selected(name)));
-        let have = self.fqdn.acquired.contains(&ip);
+        let have = self.fqdn.acquired.contains_key(&ip);
         if want == have {
             return;
         }
         if want {
-            self.fqdn.acquired.insert(ip);
             self.acquire_cidr(host_net(ip));
+            if let Some((id, _)) = self.cidrs.get(&host_net(ip)) {
+                self.fqdn.acquired.insert(ip, *id);
+            }
         } else {
             self.fqdn.acquired.remove(&ip);
             self.release_cidr(host_net(ip));

@@ -64,10 +64,12 @@ impl SnapshotBuilder {
     /// Brings the resources up to date with `changes`; returns whether anything changed.
     pub fn update(&mut self, compiler: &Compiler, changes: &Changes) -> bool {
         let mut changed = false;
-        if changes.ipcache_changed && !self.identities_built {
-            let fresh = identity_resources(compiler);
-            changed |= replace_all(&mut self.identities, fresh);
-            self.identities_built = true;
+        if !self.identities_built {
+            if changes.ipcache_changed || !changes.identities.is_empty() {
+                let fresh = identity_resources(compiler);
+                changed |= replace_all(&mut self.identities, fresh);
+                self.identities_built = true;
+            }
         } else if !changes.identities.is_empty() {
             // One identity at a time: a learned FQDN IP must not cost a rebuild of every
             // identity resource.

@@ -368,6 +368,7 @@ impl B7Env {
         check_interrupted()?;
         self.check_running()?;
         let pids = [self.proxy.id(), self.agent.id()];
+        let settle_secs = self.settle(&pids, ticks_per_sec)?;
         let (proxy0, agent0) = (procfs::cpu_ticks(pids[0])?, procfs::cpu_ticks(pids[1])?);
         let before = self.scrape();
         let load = self.load(kind, rate, seconds)?;
@@ -385,8 +386,28 @@ impl B7Env {
                 - metrics::counter(&before, FQDN_ERRORS),
             proxy_us: us(proxy1.saturating_sub(proxy0)),
             agent_us: us(agent1.saturating_sub(agent0)),
+            settle_secs,
             load,
         })
+    }
+
+    /// Waits until the proxy and agent together use under 5 % of a CPU (half-second
+    /// samples), at most a minute: a run must not inherit the previous run's backlog of
+    /// observations to program (or the expiry of its names). Returns the seconds waited.
+    fn settle(&self, pids: &[u32], ticks_per_sec: f64) -> Result<f64> {
+        let start = Instant::now();
+        let half = Duration::from_millis(500);
+        loop {
+            check_interrupted()?;
+            let t0 = procfs::cpu_ticks_sum(pids)?;
+            std::thread::sleep(half);
+            let busy = procfs::cpu_ticks_sum(pids)?.saturating_sub(t0) as f64
+                / ticks_per_sec
+                / half.as_secs_f64();
+            if busy < 0.05 || start.elapsed() > Duration::from_secs(60) {
+                return Ok(start.elapsed().as_secs_f64());
+            }
+        }
     }
 }
 
@@ -452,6 +473,8 @@ pub struct B7Sample {
     pub fqdn_errors: f64,
     pub proxy_us: f64,
     pub agent_us: f64,
+    /// Seconds waited before the run for the proxy and agent to go idle.
+    pub settle_secs: f64,
 }
 
 impl B7Sample {

@@ -443,8 +443,8 @@ impl Report {
         let _ = writeln!(
             out,
             "## B7: every run\n\n\
-             | round | names | names/s | resolved (no connect) | first SYN ok | late SYN | connect failed | unresolved | resolve p50 µs | p90 | p99 | max | connect p50 µs | p99 | holds | hold p50 ≤ | hold p99 ≤ | hold timeouts | FQDN errors | proxy µs/name | agent µs/name |\n\
-             | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+             | round | names | names/s | resolved (no connect) | first SYN ok | late SYN | connect failed | unresolved | resolve p50 µs | p90 | p99 | max | connect p50 µs | p99 | holds | hold p50 ≤ | hold p99 ≤ | hold timeouts | FQDN errors | proxy µs/name | agent µs/name | settled after s |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
         for s in &self.b7 {
             let per = |us: f64| {
@@ -457,7 +457,7 @@ impl Report {
             let l = &s.load;
             let _ = writeln!(
                 out,
-                "| {} {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} µs | {} µs | {} | {} | {} | {} |",
+                "| {} {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} µs | {} µs | {} | {} | {} | {} | {} |",
                 s.round,
                 s.kind.name(),
                 l.names,
@@ -480,6 +480,7 @@ impl Report {
                 num(s.fqdn_errors, 0),
                 num(per(s.proxy_us), 1),
                 num(per(s.agent_us), 1),
+                num(s.settle_secs, 1),
             );
         }
         let _ = writeln!(

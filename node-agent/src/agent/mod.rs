@@ -346,6 +346,7 @@ pub async fn run_with_fqdn(
         let events = source.load()?;
         tracing::info!(dir = %dir.display(), objects = events.len(), "source loaded");
         pipeline.apply(events);
+        pipeline.publish_fqdn_metrics();
         Ok::<_, AgentError>((pipeline, source))
     })
     .await

@@ -76,6 +76,8 @@ pub(super) struct FqdnRuntime {
     unsaved: bool,
     last_save: Option<Instant>,
     last_observation: Option<Instant>,
+    /// Identities changed since the hooks' name table was last rebuilt.
+    pub(super) names_stale: bool,
     observations: u64,
     refused: u64,
 }
@@ -87,6 +89,7 @@ impl FqdnRuntime {
             unsaved: false,
             last_save: None,
             last_observation: None,
+            names_stale: false,
             observations: 0,
             refused: 0,
         }
@@ -214,11 +217,8 @@ impl PolicyPipeline {
         }
         let changes = self.compiler.flush();
         let flushed_us = started.elapsed().as_micros() as u64;
-        if !changes.identities.is_empty()
-            && let Some(hooks) = &self.hooks
-        {
-            hooks.update_names(&self.compiler);
-        }
+        // Rebuilding the flow records' name table costs O(identities): the tick does it.
+        self.fqdn.names_stale |= !changes.identities.is_empty();
         if self.builder.update(&self.compiler, &changes) {
             self.publish.send_replace(self.builder.snapshot());
         }
@@ -317,9 +317,7 @@ impl PolicyPipeline {
             return false;
         }
         let changes = self.compiler.flush();
-        if let Some(hooks) = &self.hooks {
-            hooks.update_names(&self.compiler);
-        }
+        self.fqdn.names_stale |= !changes.identities.is_empty();
         if self.builder.update(&self.compiler, &changes) {
             self.publish.send_replace(self.builder.snapshot());
         }

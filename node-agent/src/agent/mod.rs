@@ -162,6 +162,7 @@ impl PolicyPipeline {
         let changes = self.compiler.flush();
         if let Some(hooks) = &self.hooks {
             hooks.update_names(&self.compiler);
+            self.fqdn.names_stale = false;
         }
         let changed = self.builder.update(&self.compiler, &changes);
         if synced {
@@ -246,6 +247,11 @@ impl PolicyPipeline {
                 .is_none_or(|at| at.elapsed() >= BUSY_REFRESH)
         {
             self.reconcile_datapath();
+        }
+        if std::mem::take(&mut self.fqdn.names_stale)
+            && let Some(hooks) = &self.hooks
+        {
+            hooks.update_names(&self.compiler);
         }
         self.save_fqdn(false);
         self.publish_fqdn_metrics();

@@ -219,9 +219,8 @@ impl PolicyPipeline {
         let flushed_us = started.elapsed().as_micros() as u64;
         // Rebuilding the flow records' name table costs O(identities): the tick does it.
         self.fqdn.names_stale |= !changes.identities.is_empty();
-        if self.builder.update(&self.compiler, &changes) {
-            self.publish.send_replace(self.builder.snapshot());
-        }
+        self.builder
+            .publish(&self.compiler, &changes, &self.publish);
         let published_us = started.elapsed().as_micros() as u64;
         let programmed = self.program_fqdn_changes(&changes);
         self.fqdn.last_observation = Some(Instant::now());
@@ -318,9 +317,8 @@ impl PolicyPipeline {
         }
         let changes = self.compiler.flush();
         self.fqdn.names_stale |= !changes.identities.is_empty();
-        if self.builder.update(&self.compiler, &changes) {
-            self.publish.send_replace(self.builder.snapshot());
-        }
+        self.builder
+            .publish(&self.compiler, &changes, &self.publish);
         let programmed = self.program_fqdn_changes(&changes);
         match &programmed {
             Ok(Some(report)) => tracing::info!(

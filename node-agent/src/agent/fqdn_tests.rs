@@ -187,13 +187,14 @@ fn identity_resources_updated_one_by_one_equal_a_full_build() {
             &["192.0.2.1", "2001:db8::1"],
         )],
     );
-    let mut fresh = SnapshotBuilder::new();
-    fresh.update(
+    let mut fresh = Snapshot::default();
+    SnapshotBuilder::new().update(
         p.compiler(),
         &Changes {
             ipcache_changed: true,
             ..Changes::default()
         },
+        &mut fresh,
     );
     let bodies = |s: &Snapshot| -> Vec<_> {
         s.types[IDENTITY_TYPE]
@@ -202,7 +203,7 @@ fn identity_resources_updated_one_by_one_equal_a_full_build() {
             .map(|(n, r)| (n.clone(), r.body.clone()))
             .collect()
     };
-    assert_eq!(bodies(&snapshots.borrow()), bodies(&fresh.snapshot()));
+    assert_eq!(bodies(&snapshots.borrow()), bodies(&fresh));
 }
 
 #[test]

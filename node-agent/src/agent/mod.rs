@@ -164,12 +164,14 @@ impl PolicyPipeline {
             hooks.update_names(&self.compiler);
             self.fqdn.names_stale = false;
         }
-        let changed = self.builder.update(&self.compiler, &changes);
         if synced {
             self.builder.set_ready();
         }
+        let changed = self
+            .builder
+            .publish(&self.compiler, &changes, &self.publish);
         if changed || synced {
-            let snapshot = self.builder.snapshot();
+            let snapshot = self.publish.borrow().clone();
             tracing::info!(
                 events = count,
                 recompiled = changes.recompiled.len(),
@@ -178,7 +180,6 @@ impl PolicyPipeline {
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "policy published"
             );
-            self.publish.send_replace(snapshot);
         }
         self.ready |= synced;
         if changed || synced {

@@ -16,16 +16,17 @@ use crate::identity::Identity;
 use crate::policy::rule::L7Parser;
 use crate::policy::{L7Spec, Protocol};
 
-/// Keeps the served resources and bumps a type's version only when one of its resources
-/// really changed.
+/// Updates the served resources in place (the published snapshot itself, so that a
+/// change costs what changed, not a copy of every resource) and bumps a type's version
+/// only when one of its resources really changed.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
     ready: bool,
     /// The identity resources were built from scratch once; since then they are updated
     /// one identity at a time (`Changes::identities`).
     identities_built: bool,
-    policies: TypeSnapshot,
-    identities: TypeSnapshot,
+    /// The first version of each type.
+    base: u64,
 }
 
 impl Default for SnapshotBuilder {
@@ -43,15 +44,17 @@ impl SnapshotBuilder {
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
             .unwrap_or(1);
-        let start = || TypeSnapshot {
-            version: base,
-            ..TypeSnapshot::default()
-        };
         Self {
             ready: false,
             identities_built: false,
-            policies: start(),
-            identities: start(),
+            base,
+        }
+    }
+
+    fn start(&self) -> TypeSnapshot {
+        TypeSnapshot {
+            version: self.base,
+            ..TypeSnapshot::default()
         }
     }
 
@@ -61,65 +64,96 @@ impl SnapshotBuilder {
         self.ready = true;
     }
 
-    /// Brings the resources up to date with `changes`; returns whether anything changed.
-    pub fn update(&mut self, compiler: &Compiler, changes: &Changes) -> bool {
+    /// Brings `snapshot` up to date with `changes` (and the ready flag); returns whether
+    /// anything changed.
+    pub fn update(
+        &mut self,
+        compiler: &Compiler,
+        changes: &Changes,
+        snapshot: &mut Snapshot,
+    ) -> bool {
+        let mut policies = snapshot
+            .types
+            .remove(NETWORK_POLICY_TYPE)
+            .unwrap_or_else(|| self.start());
+        let mut identities = snapshot
+            .types
+            .remove(IDENTITY_TYPE)
+            .unwrap_or_else(|| self.start());
+        let changed = self.update_types(compiler, changes, &mut policies, &mut identities);
+        snapshot
+            .types
+            .insert(NETWORK_POLICY_TYPE.to_owned(), policies);
+        snapshot.types.insert(IDENTITY_TYPE.to_owned(), identities);
+        let ready_changed = snapshot.ready != self.ready;
+        snapshot.ready = self.ready;
+        changed || ready_changed
+    }
+
+    fn update_types(
+        &mut self,
+        compiler: &Compiler,
+        changes: &Changes,
+        policies: &mut TypeSnapshot,
+        identities: &mut TypeSnapshot,
+    ) -> bool {
         let mut changed = false;
         if !self.identities_built {
             if changes.ipcache_changed || !changes.identities.is_empty() {
                 let fresh = identity_resources(compiler);
-                changed |= replace_all(&mut self.identities, fresh);
+                changed |= replace_all(identities, fresh);
                 self.identities_built = true;
             }
         } else if !changes.identities.is_empty() {
             // One identity at a time: a learned FQDN IP must not cost a rebuild of every
             // identity resource.
-            let next = self.identities.version + 1;
+            let next = identities.version + 1;
             let mut identities_changed = false;
             for id in &changes.identities {
                 match identity_resource(compiler, *id) {
                     Some(body) => {
-                        identities_changed |=
-                            upsert(&mut self.identities, id.to_string(), body, next);
+                        identities_changed |= upsert(identities, id.to_string(), body, next);
                     }
                     None => {
                         identities_changed |=
-                            self.identities.resources.remove(&id.to_string()).is_some();
+                            identities.resources.remove(&id.to_string()).is_some();
                     }
                 }
             }
             if identities_changed {
-                self.identities.version = next;
+                identities.version = next;
             }
             changed |= identities_changed;
         }
-        let next = self.policies.version + 1;
+        let next = policies.version + 1;
         let mut policies_changed = false;
         for key in &changes.recompiled {
             let Some(endpoint) = compiler.endpoint(key) else {
                 continue;
             };
             let body = proto::resource::Body::NetworkPolicy(network_policy(endpoint));
-            policies_changed |= upsert(&mut self.policies, key.to_string(), body, next);
+            policies_changed |= upsert(policies, key.to_string(), body, next);
         }
         for key in &changes.removed {
-            policies_changed |= self.policies.resources.remove(&key.to_string()).is_some();
+            policies_changed |= policies.resources.remove(&key.to_string()).is_some();
         }
         if policies_changed {
-            self.policies.version = next;
+            policies.version = next;
         }
         // Policies refer to identities: a client must hold this identity version first.
-        self.policies.requires = Some((IDENTITY_TYPE.to_owned(), self.identities.version));
+        policies.requires = Some((IDENTITY_TYPE.to_owned(), identities.version));
         changed | policies_changed
     }
 
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        let mut types = BTreeMap::new();
-        types.insert(NETWORK_POLICY_TYPE.to_owned(), self.policies.clone());
-        types.insert(IDENTITY_TYPE.to_owned(), self.identities.clone());
-        Arc::new(Snapshot {
-            ready: self.ready,
-            types,
-        })
+    /// Applies `changes` to the published snapshot, in place unless a stream still
+    /// holds it; subscribers are told only if something changed.
+    pub fn publish(
+        &mut self,
+        compiler: &Compiler,
+        changes: &Changes,
+        publish: &tokio::sync::watch::Sender<Arc<Snapshot>>,
+    ) -> bool {
+        publish.send_if_modified(|current| self.update(compiler, changes, Arc::make_mut(current)))
     }
 }
 

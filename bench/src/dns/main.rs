@@ -258,7 +258,7 @@ fn bench(args: Args) -> Result<()> {
         .prefix("dns-bench-")
         .tempdir()
         .context("creating a scratch folder")?;
-    let mut report = Report::new(&args, seed, &date);
+    let mut report = Report::new(&args, &bins, seed, &date);
     let ticks = procfs::clock_ticks()?;
     let mut result = Ok(());
     if only.iter().any(|b| b == "B6") {

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::Args;
 use crate::b6::{B6Sample, System};
 use crate::b7::{B7Sample, Kind};
 use crate::common::{command_line, cpu_model};
 use crate::stats::{Spread, median, ratio};
+use crate::{Args, Bins};
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -65,7 +65,7 @@ fn dirty_note() -> String {
                 .map(|l| l.get(3..).unwrap_or(l).to_owned())
                 .collect();
             format!(
-                " plus uncommitted changes the binaries were built from: {}",
+                " plus uncommitted changes in the working tree when the run started (see the build times below): {}",
                 files.join(", ")
             )
         }
@@ -73,11 +73,24 @@ fn dirty_note() -> String {
     }
 }
 
+/// When our binaries were built (UTC, from their modification time): with `--no-build`
+/// they may predate the commit above.
+fn built(bins: &Bins) -> String {
+    [("node-agent", &bins.agent), ("dns-proxy", &bins.dns_proxy)]
+        .iter()
+        .map(|(name, path)| {
+            let when = command_line("date", &["-u", "-r", &path.to_string_lossy(), "+%F %T"]);
+            format!("{name} {when}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Report {
-    pub fn new(args: &Args, seed: u64, date: &str) -> Self {
+    pub fn new(args: &Args, bins: &Bins, seed: u64, date: &str) -> Self {
         let header = format!(
             "Command: `cargo run --release -p bench --bin dns-bench -- --only {only} --rounds {rounds} --duration {dur} --max-duration {maxd} --rate {rate} --patterns {pat} --fqdn-rate {frate} --fqdn-seconds {fsec} --ttl {ttl} --max-other-percent {other} --seed {seed}` (as root).\n\n\
-             | | |\n| --- | --- |\n| date | {date} |\n| kernel | {kernel} |\n| CPU | {nproc} x {cpu} |\n| commit | {commit}{dirty} |\n\
+             | | |\n| --- | --- |\n| date | {date} |\n| kernel | {kernel} |\n| CPU | {nproc} x {cpu} |\n| commit | {commit}{dirty} |\n| binaries built | {built} |\n\
              | rustc | {rustc} |\n| dnsdist | {dnsdist} |\n| dnsmasq | {dnsmasq} |\n| dnsperf | {dnsperf} |\n\
              | pinning | systems under test (dns-proxy + node-agent, dnsdist) on CPU 0; dnsperf, dnsmasq, the B7 responder, web sink and load tool on CPU 1 |\n",
             only = args.only.join(","),
@@ -95,6 +108,7 @@ impl Report {
             cpu = cpu_model(),
             commit = command_line("git", &["rev-parse", "--short", "HEAD"]),
             dirty = dirty_note(),
+            built = built(bins),
             rustc = command_line("rustc", &["-V"]),
             dnsdist = command_line("dnsdist", &["--version"]),
             dnsmasq = command_line("dnsmasq", &["--version"]),

@@ -110,6 +110,9 @@ pub struct Datapath {
     /// The node's own addresses at the last reconcile: host entries of the ipcache, which
     /// the incremental path leaves alone.
     pub(super) host_prefixes: BTreeSet<IpNet>,
+    /// The compiled policy whose entries the map holds, per endpoint with an id, so the
+    /// incremental path can rebuild only what a new version changed.
+    pub(super) programmed: BTreeMap<EndpointKey, std::sync::Arc<crate::compiler::EndpointPolicy>>,
 }
 
 impl Datapath {
@@ -140,6 +143,7 @@ impl Datapath {
             ids: BTreeMap::new(),
             uplinks_attached: BTreeMap::new(),
             host_prefixes: BTreeSet::new(),
+            programmed: BTreeMap::new(),
         };
         datapath.attach_uplinks()?;
         Ok(datapath)
@@ -219,6 +223,7 @@ impl Datapath {
         }
 
         let mut desired_policy = BTreeMap::new();
+        let mut programmed = BTreeMap::new();
         let mut desired_endpoints = BTreeMap::new();
         let mut desired_local_ips = BTreeMap::new();
         let mut desired_devices = BTreeMap::new();
@@ -231,6 +236,7 @@ impl Datapath {
                 policy,
                 &self.config.proxy_ports,
             ));
+            programmed.insert(key.clone(), policy.clone());
             desired_endpoints.insert(*ifindex, entries::endpoint_value(*id, policy));
             desired_local_ips.insert(local_ip_key(*ip), *ifindex);
             desired_devices.insert(*ifindex, device.clone());
@@ -308,6 +314,7 @@ impl Datapath {
             self.ipcache.remove(k);
         }
         self.ids = ids;
+        self.programmed = programmed;
         report.policy_upserts = policy_up.len();
         report.policy_deletes = policy_del.len();
         report.ipcache_upserts = ipcache_up.len();

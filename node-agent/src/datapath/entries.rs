@@ -14,7 +14,7 @@
 //!   returns only the narrowest match;
 //! - default deny is not an entry but an endpoint flag ([`endpoint_value`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -195,6 +195,7 @@ fn direction_entries(
     direction: u8,
     policy: &DirectionPolicy,
     ports: &ProxyPorts,
+    only: Option<&BTreeSet<Identity>>,
     out: &mut PolicyEntries,
 ) {
     if !policy.enforced {
@@ -205,11 +206,14 @@ fn direction_entries(
     for entry in &policy.entries {
         let (action, proxy_port) = entry_value(entry, direction, ports);
         let value = Merged { action, proxy_port };
-        let identities: Vec<Identity> = if entry.selection.all {
+        let mut identities: Vec<Identity> = if entry.selection.all {
             vec![DP_IDENTITY_ANY]
         } else {
             entry.selection.identities.clone()
         };
+        if let Some(only) = only {
+            identities.retain(|id| only.contains(id));
+        }
         let blocks = blocks(&entry.port);
         for identity in identities {
             for block in &blocks {
@@ -257,15 +261,113 @@ pub fn policy_entries(
     policy: &EndpointPolicy,
     ports: &ProxyPorts,
 ) -> PolicyEntries {
+    policy_entries_of(endpoint_id, policy, ports, None)
+}
+
+/// [`policy_entries`] restricted to the keys of some peer identities (`None`: all).
+pub fn policy_entries_of(
+    endpoint_id: u16,
+    policy: &EndpointPolicy,
+    ports: &ProxyPorts,
+    only: Option<&BTreeSet<Identity>>,
+) -> PolicyEntries {
     let mut out = PolicyEntries::new();
-    direction_entries(
-        endpoint_id,
-        DP_DIR_INGRESS,
-        &policy.ingress,
-        ports,
-        &mut out,
-    );
-    direction_entries(endpoint_id, DP_DIR_EGRESS, &policy.egress, ports, &mut out);
+    for (direction, policy) in [
+        (DP_DIR_INGRESS, &policy.ingress),
+        (DP_DIR_EGRESS, &policy.egress),
+    ] {
+        direction_entries(endpoint_id, direction, policy, ports, only, &mut out);
+    }
+    out
+}
+
+/// The peer identities whose map entries can differ between two compiled versions of an
+/// endpoint's policy, when only selections differ; `None` when more changed (directions,
+/// ports, actions), and everything must be recomputed. Map entries depend on nothing else
+/// than what is compared here.
+pub fn changed_identities(
+    old: &EndpointPolicy,
+    new: &EndpointPolicy,
+) -> Option<BTreeSet<Identity>> {
+    let mut out = BTreeSet::new();
+    for (a, b) in [(&old.ingress, &new.ingress), (&old.egress, &new.egress)] {
+        if a.enforced != b.enforced
+            || a.default_deny != b.default_deny
+            || a.entries.len() != b.entries.len()
+        {
+            return None;
+        }
+        for (x, y) in a.entries.iter().zip(&b.entries) {
+            let shape = |e: &PolicyEntry| {
+                (
+                    e.port,
+                    e.deny,
+                    e.l7.as_ref().map(|l| l.parser),
+                    e.selection.all,
+                )
+            };
+            if shape(x) != shape(y) {
+                return None;
+            }
+            if std::sync::Arc::ptr_eq(&x.selection, &y.selection) {
+                continue;
+            }
+            sorted_difference(&x.selection.identities, &y.selection.identities, &mut out);
+        }
+    }
+    Some(out)
+}
+
+/// Adds to `out` what is in one of two sorted lists and not the other, in one pass.
+fn sorted_difference(a: &[Identity], b: &[Identity], out: &mut BTreeSet<Identity>) {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                out.insert(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.insert(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend(&a[i..]);
+    out.extend(&b[j..]);
+}
+
+/// The entries of `entries` of endpoint `endpoint_id` whose peer is one of `identities`.
+pub fn endpoint_policy_of(
+    entries: &PolicyEntries,
+    endpoint_id: u16,
+    identities: &BTreeSet<Identity>,
+) -> PolicyEntries {
+    let mut out = PolicyEntries::new();
+    for l4 in 0..=24u32 {
+        for direction in [DP_DIR_INGRESS, DP_DIR_EGRESS] {
+            for identity in identities {
+                let first = PolicyKey {
+                    prefixlen: DP_POLICY_STATIC_PREFIX + l4,
+                    endpoint_id,
+                    direction,
+                    identity: *identity,
+                    ..PolicyKey::default()
+                };
+                let last = PolicyKey {
+                    pad2: u8::MAX,
+                    protocol: u8::MAX,
+                    dport: u16::MAX,
+                    ..first
+                };
+                out.extend(entries.range(first..=last).map(|(k, v)| (*k, *v)));
+            }
+        }
+    }
     out
 }
 

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -21,7 +22,7 @@ use super::controller::{
 };
 use super::entries::{self, ProxyPorts};
 use super::{Datapath, DatapathError, bytes};
-use crate::compiler::{Changes, Compiler, EndpointKey};
+use crate::compiler::{Changes, Compiler, EndpointKey, EndpointPolicy};
 
 /// What one incremental programming did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -43,26 +44,38 @@ impl IncrementalReport {
 }
 
 /// The writes of one incremental step.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct Plan {
     pub(super) ipcache_up: Vec<(IpcacheKey, IpcacheValue)>,
     pub(super) ipcache_del: Vec<IpcacheKey>,
     pub(super) policy_up: Vec<(PolicyKey, PolicyValue)>,
     pub(super) policy_del: Vec<PolicyKey>,
     pub(super) without_id: usize,
+    /// The endpoint policies this plan programs, to remember as programmed.
+    pub(super) programmed: Vec<(EndpointKey, Arc<EndpointPolicy>)>,
 }
 
-/// What to write to bring the maps (`ipcache`, `policy`) to the compiler's state for what
-/// `changes` touched. Pure, so it is tested without a kernel.
-pub(super) fn plan(
-    ipcache: &BTreeMap<IpcacheKey, IpcacheValue>,
-    policy: &BTreeMap<PolicyKey, PolicyValue>,
-    ids: &BTreeMap<EndpointKey, u16>,
-    host_prefixes: &BTreeSet<IpNet>,
-    ports: &ProxyPorts,
-    compiler: &Compiler,
-    changes: &Changes,
-) -> Plan {
+/// What the maps hold, as the controller knows it.
+pub(super) struct Current<'a> {
+    pub(super) ipcache: &'a BTreeMap<IpcacheKey, IpcacheValue>,
+    pub(super) policy: &'a BTreeMap<PolicyKey, PolicyValue>,
+    pub(super) ids: &'a BTreeMap<EndpointKey, u16>,
+    pub(super) programmed: &'a BTreeMap<EndpointKey, Arc<EndpointPolicy>>,
+    pub(super) host_prefixes: &'a BTreeSet<IpNet>,
+    pub(super) ports: &'a ProxyPorts,
+}
+
+/// What to write to bring the maps to the compiler's state for what `changes` touched.
+/// Pure, so it is tested without a kernel.
+pub(super) fn plan(current: &Current<'_>, compiler: &Compiler, changes: &Changes) -> Plan {
+    let Current {
+        ipcache,
+        policy,
+        ids,
+        programmed,
+        host_prefixes,
+        ports,
+    } = *current;
     let mut out = Plan::default();
     for net in &changes.ipcache_prefixes {
         // The node's addresses and the /0 world defaults are the full reconcile's.
@@ -86,8 +99,23 @@ pub(super) fn plan(
             out.without_id += 1;
             continue;
         };
-        let desired = entries::policy_entries(*id, endpoint, ports);
-        let current = entries::endpoint_policy(policy, *id);
+        // Usually only selections changed (a learned IP joined or left): then only the
+        // entries of the identities that came or went are rebuilt and diffed, which keeps
+        // an endpoint with thousands of identities cheap.
+        let changed = programmed
+            .get(key)
+            .and_then(|old| entries::changed_identities(old, endpoint));
+        let (desired, current) = match &changed {
+            Some(ids) => (
+                entries::policy_entries_of(*id, endpoint, ports, Some(ids)),
+                entries::endpoint_policy_of(policy, *id, ids),
+            ),
+            None => (
+                entries::policy_entries(*id, endpoint, ports),
+                entries::endpoint_policy(policy, *id),
+            ),
+        };
+        out.programmed.push((key.clone(), endpoint.clone()));
         let (up, del) = entries::diff(&current, &desired);
         out.policy_up.extend(up);
         out.policy_del.extend(del);
@@ -104,15 +132,15 @@ impl Datapath {
         compiler: &Compiler,
         changes: &Changes,
     ) -> Result<IncrementalReport, DatapathError> {
-        let plan = plan(
-            &self.ipcache,
-            &self.policy,
-            &self.ids,
-            &self.host_prefixes,
-            &self.config.proxy_ports,
-            compiler,
-            changes,
-        );
+        let current = Current {
+            ipcache: &self.ipcache,
+            policy: &self.policy,
+            ids: &self.ids,
+            programmed: &self.programmed,
+            host_prefixes: &self.host_prefixes,
+            ports: &self.config.proxy_ports,
+        };
+        let plan = plan(&current, compiler, changes);
         for (k, v) in &plan.ipcache_up {
             self.loaded.maps.put_ipcache(k, v)?;
             self.ipcache.insert(*k, *v);
@@ -129,6 +157,7 @@ impl Datapath {
             self.loaded.maps.delete_ipcache(k)?;
             self.ipcache.remove(k);
         }
+        self.programmed.extend(plan.programmed);
         Ok(IncrementalReport {
             ipcache_upserts: plan.ipcache_up.len(),
             ipcache_deletes: plan.ipcache_del.len(),

@@ -34,6 +34,7 @@ struct Maps {
     ipcache: BTreeMap<IpcacheKey, IpcacheValue>,
     policy: BTreeMap<PolicyKey, PolicyValue>,
     ids: BTreeMap<EndpointKey, u16>,
+    programmed: BTreeMap<EndpointKey, Arc<EndpointPolicy>>,
 }
 
 /// What a full reconcile would write for `compiler`: every compiled endpoint but
@@ -41,6 +42,7 @@ struct Maps {
 fn full(compiler: &Compiler, without: &str) -> Maps {
     let mut ids = BTreeMap::new();
     let mut policy = BTreeMap::new();
+    let mut programmed = BTreeMap::new();
     for (n, endpoint) in compiler
         .endpoints()
         .filter(|e| e.key != key(without))
@@ -49,24 +51,27 @@ fn full(compiler: &Compiler, without: &str) -> Maps {
         let id = u16::try_from(n + 1).expect("few endpoints");
         ids.insert(endpoint.key.clone(), id);
         policy.extend(entries::policy_entries(id, endpoint, &PORTS));
+        programmed.insert(endpoint.key.clone(), endpoint.clone());
     }
     Maps {
         ipcache: entries::ipcache_entries(compiler.ipcache()),
         policy,
         ids,
+        programmed,
     }
 }
 
 fn apply(maps: &mut Maps, compiler: &Compiler, changes: &Changes) -> Plan {
-    let plan = plan(
-        &maps.ipcache,
-        &maps.policy,
-        &maps.ids,
-        &BTreeSet::new(),
-        &PORTS,
-        compiler,
-        changes,
-    );
+    let no_hosts = BTreeSet::new();
+    let current = Current {
+        ipcache: &maps.ipcache,
+        policy: &maps.policy,
+        ids: &maps.ids,
+        programmed: &maps.programmed,
+        host_prefixes: &no_hosts,
+        ports: &PORTS,
+    };
+    let plan = plan(&current, compiler, changes);
     for (k, v) in &plan.ipcache_up {
         maps.ipcache.insert(*k, *v);
     }
@@ -79,6 +84,7 @@ fn apply(maps: &mut Maps, compiler: &Compiler, changes: &Changes) -> Plan {
     for k in &plan.ipcache_del {
         maps.ipcache.remove(k);
     }
+    maps.programmed.extend(plan.programmed.iter().cloned());
     plan
 }
 
@@ -137,4 +143,38 @@ fn endpoint_policy_finds_one_endpoints_entries() {
         let want = entries::policy_entries(*id, c.endpoint(k).expect("compiled"), &PORTS);
         assert_eq!(own, want, "{k}");
     }
+}
+
+/// Time of one incremental plan after a new answer, with 4,000 learned identities that
+/// dev/client's world rule selects (so its whole entry set is rebuilt and diffed). Run with
+/// `cargo test --release -p node-agent --lib incremental_plan_latency -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement"]
+fn incremental_plan_latency() {
+    let mut c = compiler(POLICY);
+    let t0 = Instant::now();
+    let mut maps = full(&c, "prod/web");
+    let mut times = Vec::new();
+    for n in 0..4200u32 {
+        let ip = std::net::IpAddr::from([198, 18, (n / 250) as u8, (n % 250 + 1) as u8]);
+        c.fqdn_observe(
+            &key("prod/client"),
+            &format!("h{n}.example.com."),
+            &[ip],
+            600,
+            t0,
+        );
+        let changes = c.flush();
+        let started = Instant::now();
+        apply(&mut maps, &c, &changes);
+        if n >= 4000 {
+            times.push(started.elapsed().as_micros());
+        }
+    }
+    times.sort_unstable();
+    println!(
+        "plan + apply to maps: p50 {} us, p99 {} us",
+        times[times.len() / 2],
+        times[times.len() * 99 / 100]
+    );
 }

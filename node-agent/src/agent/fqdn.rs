@@ -14,7 +14,7 @@ use xds::proto;
 use super::PolicyPipeline;
 use crate::compiler::{Compiler, EndpointKey};
 use crate::datapath::Datapath;
-use crate::fqdn::{FqdnConfig, Source};
+use crate::fqdn::{FqdnConfig, Journal, Source};
 use crate::source::SourceEvent;
 
 /// How long past its expiry an entry is kept at least: with a minimum TTL of 0 a client
@@ -74,6 +74,8 @@ pub(super) struct FqdnRuntime {
     pub(super) settings: FqdnSettings,
     /// The cache changed since it was last saved.
     unsaved: bool,
+    /// Answers since the last save, appended before each reply (see `fqdn::journal`).
+    journal: Option<Journal>,
     last_save: Option<Instant>,
     last_observation: Option<Instant>,
     /// Identities changed since the hooks' name table was last rebuilt.
@@ -87,6 +89,7 @@ impl FqdnRuntime {
         Self {
             settings,
             unsaved: false,
+            journal: None,
             last_save: None,
             last_observation: None,
             names_stale: false,
@@ -176,12 +179,21 @@ impl PolicyPipeline {
                 tracing::warn!(path = %path.display(), %error, "saved FQDN cache ignored")
             }
         }
+        match Journal::open(&path) {
+            Ok(journal) => self.fqdn.journal = Some(journal),
+            Err(error) => {
+                tracing::warn!(%error, "no FQDN journal: answers since the last save are lost if the agent is killed")
+            }
+        }
     }
 
     /// Records a batch of DNS answers, recompiles, publishes, programs the datapath, and
     /// only then replies to each (SEMANTICS 6.3).
     pub fn observe_fqdn(&mut self, requests: Vec<FqdnRequest>) {
         let started = Instant::now();
+        let wall_now = SystemTime::now();
+        let min_ttl = self.compiler.fqdn_cache().config().min_ttl_secs;
+        let mut journal_lines = Vec::new();
         let mut pending = Vec::with_capacity(requests.len());
         let mut selected = 0usize;
         for FqdnRequest { observation, reply } in requests {
@@ -196,6 +208,16 @@ impl PolicyPipeline {
                         started,
                     );
                     self.fqdn.unsaved = true;
+                    if self.fqdn.journal.is_some() {
+                        Journal::record(
+                            &mut journal_lines,
+                            &valid.endpoint,
+                            &observation.name,
+                            &valid.ips,
+                            observation.ttl_seconds.max(min_ttl),
+                            wall_now,
+                        );
+                    }
                     selected += usize::from(outcome.selected);
                     pending.push((reply, observation, outcome.selected));
                 }
@@ -214,6 +236,11 @@ impl PolicyPipeline {
         if pending.is_empty() {
             self.publish_fqdn_metrics();
             return;
+        }
+        if let Some(journal) = self.fqdn.journal.as_mut()
+            && let Err(error) = journal.flush(&journal_lines)
+        {
+            tracing::warn!(%error, "journaling FQDN answers failed; they are saved with the next cache write");
         }
         let changes = self.compiler.flush();
         let flushed_us = started.elapsed().as_micros() as u64;
@@ -415,7 +442,14 @@ impl PolicyPipeline {
             .fqdn_cache()
             .save(&path, now, SystemTime::now())
         {
-            Ok(entries) => tracing::debug!(path = %path.display(), entries, "FQDN cache saved"),
+            Ok(entries) => {
+                tracing::debug!(path = %path.display(), entries, "FQDN cache saved");
+                if let Some(journal) = self.fqdn.journal.as_mut()
+                    && let Err(error) = journal.clear()
+                {
+                    tracing::warn!(%error, "emptying the FQDN journal failed");
+                }
+            }
             Err(error) => tracing::warn!(%error, "saving the FQDN cache failed"),
         }
     }

@@ -196,7 +196,14 @@ impl Compiler {
         now: Instant,
         wall_now: SystemTime,
     ) -> Result<LoadOutcome, PersistError> {
-        let outcome = self.fqdn.cache.load(path, now, wall_now)?;
+        // The whole cache as last saved, then the answers journaled since (an agent killed
+        // between two saves).
+        let mut outcome = self.fqdn.cache.load(path, now, wall_now)?;
+        let journal = self.fqdn.cache.replay_journal(path, now, wall_now)?;
+        outcome.missing &= journal.missing;
+        outcome.restored += journal.restored;
+        outcome.skipped += journal.skipped;
+        outcome.evicted.extend(journal.evicted);
         let entries: Vec<EntryKey> = self
             .fqdn
             .cache

@@ -28,6 +28,7 @@
 //! - IPs learned from one endpoint's lookup are allowed for that endpoint only (6.5).
 
 mod cache;
+mod journal;
 mod persist;
 
 #[cfg(test)]
@@ -36,6 +37,7 @@ mod tests;
 use std::net::IpAddr;
 
 pub use cache::FqdnCache;
+pub use journal::{Journal, journal_path};
 pub use persist::{LoadOutcome, PersistError};
 
 /// Limits of the cache.

@@ -72,18 +72,18 @@ struct CacheFile {
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileEntry {
-    endpoint: String,
-    name: String,
-    ip: IpAddr,
+pub(super) struct FileEntry {
+    pub(super) endpoint: String,
+    pub(super) name: String,
+    pub(super) ip: IpAddr,
     /// Wall-clock expiry, seconds since the Unix epoch.
-    expires_at_unix_secs: u64,
+    pub(super) expires_at_unix_secs: u64,
     /// Where the entry came from before it was saved; for whoever reads the file (a loaded
     /// entry is always [`Source::Restored`]).
-    source: Source,
+    pub(super) source: Source,
 }
 
-fn unix_secs(wall: SystemTime) -> u64 {
+pub(super) fn unix_secs(wall: SystemTime) -> u64 {
     wall.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
@@ -165,12 +165,23 @@ impl FqdnCache {
                 found: file.version,
             });
         }
+        Ok(self.restore(file.entries, now, wall_now))
+    }
+
+    /// Adds saved entries as [`Source::Restored`], converting their wall-clock expiry with
+    /// `wall_now` (the same moment as `now`).
+    pub(super) fn restore(
+        &mut self,
+        entries: impl IntoIterator<Item = FileEntry>,
+        now: Instant,
+        wall_now: SystemTime,
+    ) -> LoadOutcome {
         let wall = unix_secs(wall_now);
         let mut out = LoadOutcome::default();
         // What this load added and still holds: an entry evicted by a later one of the same
         // file was never reported, so it is neither restored nor to withdraw.
         let mut added: BTreeSet<(EndpointKey, String, IpAddr)> = BTreeSet::new();
-        for entry in file.entries {
+        for entry in entries {
             let Some(endpoint) = EndpointKey::parse(&entry.endpoint) else {
                 out.skipped += 1;
                 continue;
@@ -196,7 +207,7 @@ impl FqdnCache {
             }
         }
         out.restored = added.len();
-        Ok(out)
+        out
     }
 }
 

@@ -27,6 +27,8 @@ pub const HTTP_INGRESS_PORT: u16 = 15002;
 pub const ADMIN: &str = "127.0.0.1:9901";
 pub const PATIENCE: Duration = Duration::from_secs(60);
 pub const DENIED_BODY: &str = "Access denied\r\n";
+pub const DNS_PROXY_PORT: u16 = 15053;
+pub const DNS_ADMIN: &str = "127.0.0.1:9902";
 const PIN_ROOT: &str = "/sys/fs/bpf/sidecarless";
 
 /// One pod of a test.
@@ -84,15 +86,18 @@ impl Drop for PinDir {
     }
 }
 
-/// Removes pin folders of namespaces that no longer exist (a killed run's).
+/// Removes pin folders and resolver folders (`/etc/netns/NS`) of namespaces that no
+/// longer exist (a killed run's).
 fn remove_stale_pins() {
-    let Ok(entries) = std::fs::read_dir(PIN_ROOT) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("sl-") && !Path::new("/run/netns").join(&name).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
+    for root in [PIN_ROOT, "/etc/netns"] {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("sl-") && !Path::new("/run/netns").join(&name).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         }
     }
 }
@@ -100,6 +105,7 @@ fn remove_stale_pins() {
 /// One node: its namespace and pods, agent and proxy. Field order is drop order.
 #[derive(Debug)]
 pub struct DpNode {
+    pub dns_proxy: Option<Process>,
     pub proxy: Option<Process>,
     pub agent: Option<Process>,
     pub node: Node,
@@ -117,6 +123,10 @@ pub struct DpNode {
 pub struct DpCluster {
     pub servers: Vec<Process>,
     pub nodes: Vec<DpNode>,
+    /// Hosts outside the cluster, by name: (node index, position in its hosts).
+    pub hosts: Vec<(&'static str, usize, usize)>,
+    /// `/etc/netns/NS` folders written for pods' resolvers, removed on drop.
+    pub resolver_dirs: Vec<PathBuf>,
     pub dir: tempfile::TempDir,
 }
 
@@ -142,6 +152,7 @@ impl DpCluster {
             }
             let name = node.ns.name().to_string();
             nodes.push(DpNode {
+                dns_proxy: None,
                 proxy: None,
                 agent: None,
                 pins: PinDir(Path::new(PIN_ROOT).join(&name)),
@@ -159,6 +170,8 @@ impl DpCluster {
         let mut cluster = Self {
             servers: Vec::new(),
             nodes,
+            hosts: Vec::new(),
+            resolver_dirs: Vec::new(),
             dir,
         };
         for index in 0..node_count {
@@ -200,6 +213,12 @@ impl DpCluster {
             .arg(&node.socket)
             .arg("--bpf-dir")
             .arg(&node.pins.0)
+            .arg("--fqdn-state")
+            .arg(
+                self.dir
+                    .path()
+                    .join(format!("fqdn-cache-{}.json", index + 1)),
+            )
             .stdin(Stdio::null())
             .env("NODE_AGENT_LOG", "info")
             .env("NO_COLOR", "1");
@@ -284,7 +303,11 @@ impl DpCluster {
 
     pub fn check_alive(&mut self, index: usize) {
         let node = &mut self.nodes[index];
-        for (name, process) in [("agent", &mut node.agent), ("proxy", &mut node.proxy)] {
+        for (name, process) in [
+            ("agent", &mut node.agent),
+            ("proxy", &mut node.proxy),
+            ("dns-proxy", &mut node.dns_proxy),
+        ] {
             if let Some(process) = process
                 && let Ok(Some(status)) = process.0.try_wait()
             {
@@ -350,17 +373,31 @@ impl DpCluster {
     /// Starts the recording HTTP/1.1 server on `port` of `pod`; returns the file it records
     /// requests in (one JSON line each, with the peer address).
     pub fn serve_http(&mut self, pod: &str, port: u16) -> PathBuf {
+        let command = self.pod(pod).ns.command("python3");
+        self.serve_http_with(command, pod, port)
+    }
+
+    /// `serve_http` on a host outside the cluster (see `add_host`), on every address it
+    /// has.
+    pub fn serve_http_on_host(&mut self, host: &str, port: u16) -> PathBuf {
+        let command = self.host(host).ns.command("python3");
+        self.serve_http_with(command, host, port)
+    }
+
+    fn serve_http_with(&mut self, mut command: Command, name: &str, port: u16) -> PathBuf {
         let index = self.servers.len();
-        let log = self.dir.path().join(format!("requests-{pod}-{port}.jsonl"));
+        let log = self
+            .dir
+            .path()
+            .join(format!("requests-{name}-{port}.jsonl"));
         let ready = self.dir.path().join(format!("ready-{index}"));
-        let mut command = self.pod(pod).ns.command("python3");
         command
             .args(["-u", "-c", HTTP1_UPSTREAM, &port.to_string()])
             .arg(&log)
             .arg(&ready);
         let process = spawn_logged(command, self.dir.path(), &format!("server-{index}"));
         self.servers.push(process);
-        self.wait_until(&format!("the server in {pod}:{port}"), |_| ready.exists());
+        self.wait_until(&format!("the server in {name}:{port}"), |_| ready.exists());
         log
     }
 
@@ -389,6 +426,135 @@ impl DpCluster {
 
     pub fn status(&self, from: &str, to: &str, port: u16, path: &str) -> u16 {
         self.get(from, to, port, path).0
+    }
+
+    /// Starts (or restarts) node `index`'s DNS proxy (transparent, port
+    /// [`DNS_PROXY_PORT`], upstream from the client's address with the proxy mark) and waits
+    /// until it has a policy.
+    pub fn start_dns_proxy(&mut self, index: usize, extra: &[&str]) {
+        let node = &mut self.nodes[index];
+        let mut command = node.node.ns.command(binary("dns-proxy", "dns-proxy"));
+        command
+            .arg("--agent")
+            .arg(format!("unix:{}", node.socket.display()))
+            .args([
+                "--mode",
+                "transparent",
+                "--listen-port",
+                &DNS_PROXY_PORT.to_string(),
+                "--mark",
+                "0x300",
+                "--admin",
+                DNS_ADMIN,
+            ])
+            .args(extra)
+            .env("DNS_PROXY_LOG", "info")
+            .env("NO_COLOR", "1");
+        let log = format!("dns-proxy{}-{}", index + 1, node.starts);
+        node.dns_proxy = Some(spawn_logged(command, self.dir.path(), &log));
+        let what = format!("node{}'s DNS proxy to be ready", index + 1);
+        self.wait_until(&what, |c| {
+            c.check_alive(index);
+            c.dns_admin(index, "/ready").0 == 200
+        });
+    }
+
+    /// GET `path` of node `index`'s DNS proxy admin address: (status, body).
+    pub fn dns_admin(&self, index: usize, path: &str) -> (u16, String) {
+        let output = self.nodes[index].node.ns.output(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "5",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{DNS_ADMIN}{path}"),
+            ],
+        );
+        split_status(&output)
+    }
+
+    /// Adds a host outside the cluster on node `index` (see `Node::add_host`).
+    pub fn add_host(&mut self, index: usize, name: &'static str, ip: Ipv4Addr) -> &Pod {
+        let node = &mut self.nodes[index];
+        node.node.add_host(name, ip);
+        let at = node.node.hosts().len() - 1;
+        self.hosts.push((name, index, at));
+        &self.nodes[index].node.hosts()[at]
+    }
+
+    /// A host added by `add_host`.
+    pub fn host(&self, name: &str) -> &Pod {
+        let (_, node, at) = self
+            .hosts
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .unwrap_or_else(|| panic!("no host {name} in this test"));
+        &self.nodes[*node].node.hosts()[*at]
+    }
+
+    /// Runs dnsmasq in pod `pod` as an authoritative-only server on port 53 of its address,
+    /// with `records` (dnsmasq options such as `--host-record=NAME,IP,TTL`), and waits until
+    /// it answers.
+    pub fn serve_dns(&mut self, pod: &str, records: &[String]) {
+        let ip = self.pod(pod).ip.to_string();
+        let mut command = self.pod(pod).ns.command("dnsmasq");
+        command
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--pid-file=",
+                "--user=root",
+                "--bind-interfaces",
+                "--log-facility=-",
+            ])
+            .arg(format!("--listen-address={ip}"))
+            .args(records);
+        let index = self.servers.len();
+        let process = spawn_logged(command, self.dir.path(), &format!("dnsmasq-{index}"));
+        self.servers.push(process);
+        self.wait_until(&format!("dnsmasq in {pod}"), |c| {
+            let out = c.pod(pod).ns.output(
+                "dig",
+                &[
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                    &format!("@{ip}"),
+                    "version.bind",
+                    "CH",
+                    "TXT",
+                ],
+            );
+            out.status.success() && !out.stdout.is_empty()
+        });
+    }
+
+    /// Makes pod `pod`'s system resolver (glibc: curl, getent) ask `server`:
+    /// `ip netns exec` mounts /etc/netns/NS/resolv.conf over /etc/resolv.conf.
+    pub fn set_resolver(&mut self, pod: &str, server: Ipv4Addr) {
+        let dir = Path::new("/etc/netns").join(self.pod(pod).ns.name());
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {server}\noptions timeout:2 attempts:1\n"),
+        )
+        .expect("write resolv.conf");
+        self.resolver_dirs.push(dir);
+    }
+
+    /// `dig ARGS` in pod `from`, with short timeouts: (exit success, stdout).
+    pub fn dig(&self, from: &str, args: &[&str]) -> (bool, String) {
+        let mut full = vec!["+time=2", "+tries=1"];
+        full.extend_from_slice(args);
+        let out = self.pod(from).ns.output("dig", &full);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     /// Runs a `node-agent` client command (observe, monitor) against node `index`.
@@ -449,6 +615,9 @@ fn split_status(output: &Output) -> (u16, String) {
 impl Drop for DpCluster {
     // Logs go to files; show them when the test failed.
     fn drop(&mut self) {
+        for dir in &self.resolver_dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         if !std::thread::panicking() {
             return;
         }

@@ -212,7 +212,9 @@ proxy_cmd=(ip netns exec "$node" "$proxy" --agent "unix:$sock"
     --ingress 0.0.0.0:15002 --egress 0.0.0.0:15001 --mark 0x300 --ingress-mark 0x400
     --upstream-source original --admin 127.0.0.1:9901)
 echo "\$ ${agent_cmd[*]}"
-NODE_AGENT_LOG=${NODE_AGENT_LOG:-info} "${agent_cmd[@]}" >"$work/agent.log" 2>&1 &
+agent_log=$work/agent.log
+NODE_AGENT_LOG=${NODE_AGENT_LOG:-info} "${agent_cmd[@]}" >"$agent_log" 2>&1 &
+agent_slot=${#pids[@]} # where the agent is in pids (step 4 restarts it)
 pids+=($!) names+=("node-agent")
 wait_for "the agent's socket $sock" 100 test -S "$sock"
 echo "\$ ${proxy_cmd[*]}"
@@ -248,7 +250,7 @@ observe() { # the flow records of this step
     "$agent" observe --xds-socket "$sock" -o compact --last "$((now - flows_seen))" 2>&1 | sed 's/^/  /' || true
     flows_seen=$now
 }
-programmed() { grep -c "datapath programmed" "$work/agent.log" || true; }
+programmed() { grep -c "datapath programmed" "$agent_log" || true; }
 programmed_since() { [ "$(programmed)" -gt "$1" ]; }
 proxy_in_sync() { # the proxy ACKed the agent's current version of every type
     "$agent" status --xds-socket "$sock" -o json | python3 -c '
@@ -312,7 +314,7 @@ ship xwing 28 "" -XPOST "$deathstar/v1/request-landing"
 observe
 
 step "4. The agent restarts: the kernel keeps enforcing the last policy meanwhile"
-agent_pid=${pids[1]}
+agent_pid=${pids[$agent_slot]}
 echo "\$ kill $agent_pid    # node-agent"
 kill -TERM "$agent_pid"
 wait "$agent_pid" || true
@@ -320,8 +322,9 @@ ship tiefighter 0 "Access denied" -XPUT "$deathstar/v1/exhaust-port"
 ship xwing 28 "" -XPOST "$deathstar/v1/request-landing"
 echo
 echo "\$ ${agent_cmd[*]}"
-"${agent_cmd[@]}" >"$work/agent-restarted.log" 2>&1 &
-pids[1]=$!
+agent_log=$work/agent-restarted.log
+"${agent_cmd[@]}" >"$agent_log" 2>&1 &
+pids[$agent_slot]=$!
 loaded() { grep -q "datapath loaded" "$work/agent-restarted.log"; }
 wait_for "the restarted agent to load the datapath" 100 loaded
 wait_for "the proxy to catch up with the restarted agent" 100 proxy_in_sync

@@ -47,11 +47,17 @@ pub(super) struct FqdnState {
     zombies: BTreeSet<EntryKey>,
     /// Per compiled endpoint, the toFQDNs selectors its policy uses.
     specs_by_endpoint: BTreeMap<EndpointKey, BTreeSet<DnsSelectorSpecKey>>,
+    /// Selections computed for (endpoint, selector). A recompile after a DNS answer would
+    /// otherwise match every name the endpoint ever resolved again: quadratic under a
+    /// stream of new names. An answer that only adds IPs updates these in place; any
+    /// other change to an endpoint's entries drops its selections (recomputed on demand).
+    selections: HashMap<EndpointKey, HashMap<DnsSelectorSpecKey, Arc<Selection>>>,
 }
 
 impl FqdnState {
     pub(super) fn endpoint_gone(&mut self, key: &EndpointKey) {
         self.specs_by_endpoint.remove(key);
+        self.selections.remove(key);
     }
 }
 
@@ -134,13 +140,18 @@ impl Compiler {
                 .entry(*ip)
                 .or_default()
                 .insert((endpoint.clone(), name.clone()));
-            self.fqdn_sync_ip(*ip);
+            self.fqdn_sync_ip_except(*ip, Some(endpoint));
         }
+        self.fqdn_extend_selections(endpoint, &name, &outcome.added);
         for ip in &outcome.refreshed {
-            changed |= self
+            let revived = self
                 .fqdn
                 .zombies
                 .remove(&(endpoint.clone(), name.clone(), *ip));
+            if revived {
+                self.fqdn_invalidate(endpoint);
+            }
+            changed |= revived;
         }
         let evicted = outcome.evicted.len();
         for removed in outcome.evicted {
@@ -181,6 +192,7 @@ impl Compiler {
         out.new_zombies = new.len();
         self.fqdn.zombies = zombies;
         for (ep, name, _) in new {
+            self.fqdn_invalidate(&ep);
             if self.endpoint_selects_name(&ep, &name) {
                 self.mark_dirty(&ep);
             }
@@ -211,6 +223,7 @@ impl Compiler {
             .map(|(ep, name, ip)| (ep.clone(), name.to_owned(), ip))
             .collect();
         self.fqdn.by_ip.clear();
+        self.fqdn.selections.clear();
         for (ep, name, ip) in entries {
             self.fqdn.by_ip.entry(ip).or_default().insert((ep, name));
         }
@@ -219,6 +232,60 @@ impl Compiler {
             self.fqdn_sync_ip(ip);
         }
         Ok(outcome)
+    }
+
+    /// [`Compiler::fqdn_select`], from the cache of selections when it holds it.
+    pub(super) fn fqdn_select_cached(
+        &mut self,
+        endpoint: &EndpointKey,
+        spec: &DnsSelectorSpecKey,
+    ) -> Arc<Selection> {
+        if let Some(selection) = self
+            .fqdn
+            .selections
+            .get(endpoint)
+            .and_then(|by_spec| by_spec.get(spec))
+        {
+            return selection.clone();
+        }
+        let selection = Arc::new(self.fqdn_select(endpoint, spec));
+        self.fqdn
+            .selections
+            .entry(endpoint.clone())
+            .or_default()
+            .insert(spec.clone(), selection.clone());
+        selection
+    }
+
+    /// Drops the cached selections of `endpoint`: its entries changed in a way other than
+    /// new IPs for a name.
+    fn fqdn_invalidate(&mut self, endpoint: &EndpointKey) {
+        self.fqdn.selections.remove(endpoint);
+    }
+
+    /// Adds the identities of `ips` (new for `endpoint` under `name`) to the endpoint's
+    /// cached selections whose selector matches `name`.
+    fn fqdn_extend_selections(&mut self, endpoint: &EndpointKey, name: &str, ips: &[IpAddr]) {
+        let ids: Vec<Identity> = ips
+            .iter()
+            .filter_map(|ip| self.fqdn.acquired.get(ip).copied())
+            .collect();
+        let Some(by_spec) = self.fqdn.selections.get_mut(endpoint) else {
+            return;
+        };
+        for (spec, selection) in by_spec.iter_mut() {
+            let matches =
+                matches!(self.fqdn.matchers.get(spec), Some((Some(m), _)) if m.matches(name));
+            if !matches {
+                continue;
+            }
+            let selection = Arc::make_mut(selection);
+            for id in &ids {
+                if let Err(at) = selection.identities.binary_search(id) {
+                    selection.identities.insert(at, *id);
+                }
+            }
+        }
     }
 
     /// Selection of a toFQDNs peer for one endpoint: the identities of the IPs its own
@@ -281,6 +348,8 @@ impl Compiler {
     /// Keeps the toFQDNs selectors of every policy compiled, and the identities of the
     /// cached IPs that a selector starts or stops matching.
     pub(super) fn fqdn_policy_changed(&mut self, old: Option<&Policy>, new: Option<&Policy>) {
+        // Which selectors exist, and which endpoints use them, may change: start over.
+        self.fqdn.selections.clear();
         let mut touched: Vec<Arc<CompiledNameMatcher>> = Vec::new();
         for spec in new.map(policy_fqdn_specs).unwrap_or_default() {
             let entry = self.fqdn.matchers.entry(spec.clone()).or_insert_with(|| {
@@ -326,6 +395,12 @@ impl Compiler {
     /// Gives `ip` an identity or takes it back, as the cache and the pods now say; marks
     /// dirty the endpoints whose selections it enters or leaves.
     pub(super) fn fqdn_sync_ip(&mut self, ip: IpAddr) {
+        self.fqdn_sync_ip_except(ip, None);
+    }
+
+    /// `fqdn_sync_ip`, leaving the cached selections of `except` alone (its caller updates
+    /// them itself).
+    fn fqdn_sync_ip_except(&mut self, ip: IpAddr, except: Option<&EndpointKey>) {
         let holders = self.fqdn.by_ip.get(&ip);
         let want = !self.pods_by_ip.contains_key(&ip)
             && holders.is_some_and(|h| h.iter().any(|(_, name)| self.name_selected(name)));
@@ -351,6 +426,9 @@ impl Compiler {
             .cloned()
             .collect();
         for (ep, name) in holders {
+            if except != Some(&ep) {
+                self.fqdn_invalidate(&ep);
+            }
             if self.endpoint_selects_name(&ep, &name) {
                 self.mark_dirty(&ep);
             }
@@ -371,6 +449,7 @@ impl Compiler {
                 self.fqdn.by_ip.remove(&ip);
             }
         }
+        self.fqdn_invalidate(&endpoint);
         if self.endpoint_selects_name(&endpoint, &name) {
             self.mark_dirty(&endpoint);
         }

@@ -23,7 +23,7 @@ impl PeerResolver for EndpointResolver<'_> {
         // Per endpoint (SEMANTICS 6.5): never in the cache shared by every endpoint.
         if let Peer::Fqdn(spec) = peer {
             self.fqdn_specs.insert(spec.clone());
-            return Arc::new(self.compiler.fqdn_select(self.key, spec));
+            return self.compiler.fqdn_select_cached(self.key, spec);
         }
         if let Some(selection) = self.compiler.selections.get(peer) {
             return selection.clone();

@@ -234,3 +234,65 @@ fn an_expired_ip_in_use_leaves_the_selection_until_a_fresh_answer() {
         crate::identity::reserved::WORLD
     );
 }
+
+/// Every compiled toFQDNs entry holds what a selection computed from scratch gives.
+fn assert_selections_fresh(c: &Compiler, step: &str) {
+    for policy in c.endpoints() {
+        for entry in &policy.egress.entries {
+            if let Peer::Fqdn(spec) = &entry.peer {
+                assert_eq!(
+                    entry.selection.identities,
+                    c.fqdn_select(&policy.key, spec).identities,
+                    "{step}: {} {spec:?}",
+                    policy.key
+                );
+            }
+        }
+    }
+}
+
+// The selections kept between recompiles (updated in place when an answer only adds IPs)
+// never drift from a full recomputation, whatever happens to the entries.
+#[test]
+fn cached_selections_match_a_full_recomputation() {
+    let mut c = compiler(POLICIES);
+    let t0 = Instant::now();
+    let cdn = "img.cdn.example.com.";
+    observe(&mut c, "prod/client", API, &["192.0.2.1"], 5, t0);
+    assert_selections_fresh(&c, "first answer");
+    observe(
+        &mut c,
+        "prod/client",
+        API,
+        &["192.0.2.2", "192.0.2.3"],
+        5,
+        t0,
+    );
+    observe(
+        &mut c,
+        "prod/client",
+        cdn,
+        &["192.0.2.3", "198.51.100.7"],
+        30,
+        t0,
+    );
+    observe(&mut c, "prod/web", cdn, &["198.51.100.7"], 30, t0);
+    assert_selections_fresh(&c, "more names and a shared IP");
+    let later = t0 + Duration::from_secs(10);
+    c.fqdn_expire(later, |_, ip| ip == self::ip("192.0.2.2"));
+    c.flush();
+    assert_selections_fresh(&c, "expired, one zombie");
+    assert_eq!(verdict(&c, "prod/client", "192.0.2.2"), D);
+    assert_eq!(
+        verdict(&c, "prod/client", "192.0.2.3"),
+        A,
+        "still valid under the cdn name"
+    );
+    observe(&mut c, "prod/client", API, &["192.0.2.2"], 5, later);
+    assert_selections_fresh(&c, "zombie refreshed");
+    assert_eq!(verdict(&c, "prod/client", "192.0.2.2"), A);
+    c.fqdn_expire(later + Duration::from_secs(60), |_, _| false);
+    c.flush();
+    assert_selections_fresh(&c, "everything expired");
+    assert_eq!(verdict(&c, "prod/web", "198.51.100.7"), D);
+}

@@ -70,6 +70,7 @@ pub struct Metrics {
     pub fqdn_hold_seconds: Histogram,
     pub fqdn_hold_timeouts: Counter,
     pub fqdn_errors: Counter,
+    pub fqdn_known: Counter,
     pub in_flight: Gauge<i64, AtomicI64>,
     pub upstream_udp_sockets: Gauge<i64, AtomicI64>,
     pub tcp_connections: Gauge<i64, AtomicI64>,
@@ -128,6 +129,12 @@ impl Metrics {
             "Answers released at --fqdn-hold-ms before the agent confirmed their IPs",
             fqdn_hold_timeouts.clone(),
         );
+        let fqdn_known = Counter::default();
+        registry.register(
+            "fqdn_known",
+            "Answers released at once: the agent already allows their IPs for the endpoint and name for at least their TTL",
+            fqdn_known.clone(),
+        );
         let fqdn_errors = Counter::default();
         registry.register(
             "fqdn_errors",
@@ -176,6 +183,7 @@ impl Metrics {
             fqdn_hold_seconds,
             fqdn_hold_timeouts,
             fqdn_errors,
+            fqdn_known,
             in_flight,
             upstream_udp_sockets,
             tcp_connections,

@@ -38,6 +38,31 @@ async fn observations_reach_the_agent_and_hold_the_answer() {
     );
 }
 
+// An answer whose IPs the agent already allows for the endpoint and name is not held: its
+// later expiry reaches the agent in the background.
+#[tokio::test]
+async fn an_answer_the_agent_already_allows_is_released_at_once() {
+    let proxy = Proxy::start(|c| c.fqdn_hold = Duration::from_secs(2)).await;
+    *proxy.agent().hooks.fqdn_delay.lock().expect("delay") = Duration::from_millis(150);
+    let answer = ask(&proxy, &query(1, "www.test.")).await;
+    assert_eq!(rcode(&answer), ResponseCode::NoError);
+    assert_eq!(proxy.agent().observations().len(), 1);
+
+    let started = Instant::now();
+    let answer = ask(&proxy, &query(2, "WWW.test.")).await;
+    let took = started.elapsed();
+    assert_eq!(rcode(&answer), ResponseCode::NoError);
+    assert!(took < Duration::from_millis(150), "not held: {took:?}");
+    assert_eq!(proxy.metric("dns_proxy_fqdn_known_total").await, 1.0);
+    eventually("the background refresh at the agent", || {
+        proxy.agent().observations().len() == 2
+    })
+    .await;
+    let refresh = &proxy.agent().observations()[1];
+    assert_eq!((refresh.name.as_str(), refresh.ips.len()), ("www.test.", 2));
+    assert!((59..=60).contains(&refresh.ttl_seconds), "{refresh:?}");
+}
+
 // SEMANTICS 6.3: a stalled agent holds the answer only up to the bound, counted.
 #[tokio::test]
 async fn a_stalled_agent_releases_at_the_bound() {

@@ -148,6 +148,8 @@ fn start_ours(
         .arg(format!("dir:{}", manifests.display()))
         .arg("--xds-socket")
         .arg(&socket)
+        .arg("--fqdn-state")
+        .arg(dir.join("fqdn-cache.json"))
         .env("NODE_AGENT_LOG", "warn");
     let agent = Proc::spawn(agent, "node-agent")?;
     let agent_pid = agent.id();

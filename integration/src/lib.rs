@@ -77,6 +77,10 @@ impl AgentProcess {
             .arg(format!("dir:{}", manifests.display()))
             .arg("--xds-socket")
             .arg(socket)
+            // Its own FQDN state next to the socket: never the machine's default file,
+            // which parallel tests would share.
+            .arg("--fqdn-state")
+            .arg(socket.with_extension("fqdn.json"))
             .env("NODE_AGENT_LOG", "info")
             .spawn();
         match child {

@@ -514,6 +514,8 @@ fn bad_datapath_flags_are_clear_errors() {
             .arg(format!("dir:{}", dir.path().display()))
             .arg("--xds-socket")
             .arg(dir.path().join("agent.sock"))
+            .arg("--fqdn-state")
+            .arg(dir.path().join("fqdn-cache.json"))
             .args(extra)
             .env("NO_COLOR", "1")
             .output()

@@ -280,6 +280,8 @@ impl BenchNode {
             .arg(format!("dir:{}", manifests.display()))
             .arg("--xds-socket")
             .arg(&socket)
+            .arg("--fqdn-state")
+            .arg(self.dir.join("fqdn-cache.json"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -195,6 +195,8 @@ impl Cluster {
             .arg(format!("dir:{}", manifests.display()))
             .arg("--xds-socket")
             .arg(&socket)
+            .arg("--fqdn-state")
+            .arg(dir.path().join("fqdn-cache.json"))
             .env("NODE_AGENT_LOG", "info")
             .env("NO_COLOR", "1");
         let agent = spawn_logged(agent, dir.path(), "agent");

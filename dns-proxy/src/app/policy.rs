@@ -84,6 +84,8 @@ pub struct EndpointDns {
     pub pod: String,
     pub identity: u32,
     pub entries: Vec<DnsEntry>,
+    /// Its egress policy has toFQDNs selectors: its answers are reported and held.
+    pub reports_fqdn: bool,
 }
 
 /// The state of the `NetworkPolicy` type: local endpoints by IP.
@@ -234,6 +236,7 @@ impl Compiler<'_> {
                 pod: policy.pod.clone(),
                 identity: policy.identity,
                 entries,
+                reports_fqdn: policy.egress_fqdn,
             },
         ))
     }

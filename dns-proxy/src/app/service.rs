@@ -236,7 +236,11 @@ impl Service {
         let transport = ctx.transport.name();
         match result {
             Ok((mut answer, info)) => {
-                self.fqdn.hold(&forward.endpoint.name, &info).await;
+                // Only endpoints with toFQDNs selectors need their answers' IPs allowed;
+                // reporting the others would cost the agent a call per answer for nothing.
+                if forward.endpoint.reports_fqdn {
+                    self.fqdn.hold(&forward.endpoint.name, &info).await;
+                }
                 if let Some(head) = answer.get_mut(..2) {
                     head.copy_from_slice(&forward.query.id().to_be_bytes());
                 }

@@ -160,6 +160,8 @@ pub fn snapshot(dns_port: u16) -> Snapshot {
         pod: "client".to_owned(),
         ips: vec![CLIENT_IP.to_string()],
         identity: CLIENT_IDENTITY,
+        // The client has toFQDNs selectors: its answers are reported and held.
+        egress_fqdn: true,
         ingress: None,
         egress: Some(proto::DirectionPolicy {
             enforced: true,

@@ -118,6 +118,7 @@ fn network_policy(
         identity: 42,
         ingress,
         egress,
+        egress_fqdn: false,
     };
     (
         name.to_owned(),

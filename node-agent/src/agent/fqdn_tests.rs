@@ -325,3 +325,33 @@ spec:
         times[times.len() - 1]
     );
 }
+
+// Only endpoints whose egress has toFQDNs selectors are told to report their answers.
+#[test]
+fn network_policies_say_which_endpoints_report_answers() {
+    let (mut p, snapshots) = pipeline(FqdnSettings::default());
+    load(&mut p);
+    let egress_fqdn =
+        |snapshot: &Snapshot| match &snapshot.types[NETWORK_POLICY_TYPE].resources["prod/client"]
+            .body
+        {
+            Some(proto::resource::Body::NetworkPolicy(policy)) => policy.egress_fqdn,
+            _ => panic!("not a policy"),
+        };
+    assert!(egress_fqdn(&snapshots.borrow()));
+
+    let without = OBJECTS.replace(
+        "  - toFQDNs: [{matchName: api.example.com}]",
+        "  - toCIDR: [192.0.2.0/24]",
+    );
+    let parsed = parse_str("objects.yaml", &without);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    p.apply(
+        parsed
+            .objects
+            .into_iter()
+            .map(SourceEvent::Applied)
+            .collect(),
+    );
+    assert!(!egress_fqdn(&snapshots.borrow()));
+}

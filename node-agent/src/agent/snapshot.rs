@@ -245,6 +245,11 @@ pub fn network_policy(endpoint: &EndpointPolicy) -> proto::NetworkPolicy {
         identity: endpoint.identity,
         ingress: Some(direction(&endpoint.ingress)),
         egress: Some(direction(&endpoint.egress)),
+        egress_fqdn: endpoint
+            .egress
+            .entries
+            .iter()
+            .any(|e| matches!(e.peer, crate::policy::Peer::Fqdn(_))),
     }
 }
 

@@ -434,7 +434,13 @@ fn tcp_truncation_and_malformed_queries() {
     assert_eq!(status, "NOERROR", "the proxy still serves");
     let (code, metrics) = c.dns_admin(0, "/metrics");
     assert_eq!(code, 200);
-    assert!(metrics.contains("dns_proxy_"), "{metrics}");
+    for counted in [
+        r#"dns_proxy_malformed_queries_total{kind="header_truncated"} 1"#,
+        r#"dns_proxy_malformed_queries_total{kind="question_count"} 2"#,
+        r#"dns_proxy_malformed_queries_total{kind="malformed"} 2"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted} in:\n{metrics}");
+    }
     c.check_alive(0);
 }
 

@@ -124,43 +124,48 @@ pub struct Binaries {
 /// The release binaries, built first unless `build` is false: benchmarks of a debug build
 /// mean nothing.
 pub fn release_binaries(build: bool) -> Result<Binaries> {
+    let target = release_dir(build, &["l7-proxy", "node-agent"])?;
+    Ok(Binaries {
+        agent: target.join("node-agent"),
+        proxy: target.join("l7-proxy"),
+    })
+}
+
+/// The release folder holding the binaries of `packages` (each named after its package),
+/// built first unless `build` is false; an error names what is missing.
+pub fn release_dir(build: bool, packages: &[&str]) -> Result<PathBuf> {
     let root = integration::workspace_root();
+    let package_args: Vec<&str> = packages.iter().flat_map(|p| ["-p", *p]).collect();
     if build {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "l7-proxy",
-                "-p",
-                "node-agent",
-            ])
+            .args(["build", "--release", "--quiet"])
+            .args(&package_args)
             .current_dir(&root)
             .status()
             .context("running cargo build --release")?;
         if !status.success() {
-            bail!("cargo build --release -p l7-proxy -p node-agent failed: {status}");
+            bail!(
+                "cargo build --release {} failed: {status}",
+                package_args.join(" ")
+            );
         }
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
         .join("release");
-    let bins = Binaries {
-        agent: target.join("node-agent"),
-        proxy: target.join("l7-proxy"),
-    };
-    for path in [&bins.agent, &bins.proxy] {
+    for package in packages {
+        let path = target.join(package);
         if !path.exists() {
             return Err(anyhow!(
-                "{} missing: run cargo build --release -p l7-proxy -p node-agent",
-                path.display()
+                "{} missing: run cargo build --release {}",
+                path.display(),
+                package_args.join(" ")
             ));
         }
     }
-    Ok(bins)
+    Ok(target)
 }
 
 /// A child process, stopped on drop: SIGTERM first so that nginx's master takes its worker

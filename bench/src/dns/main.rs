@@ -25,7 +25,6 @@ mod stats;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -151,44 +150,12 @@ pub struct Bins {
 /// The release binaries, built first unless `build` is false: benchmarks of a debug build
 /// mean nothing.
 fn release_binaries(build: bool) -> Result<Bins> {
-    let root = integration::workspace_root();
-    if build {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "dns-proxy",
-                "-p",
-                "node-agent",
-            ])
-            .current_dir(&root)
-            .status()
-            .context("running cargo build --release")?;
-        if !status.success() {
-            bail!("cargo build --release -p dns-proxy -p node-agent failed: {status}");
-        }
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("release");
-    let bins = Bins {
+    let target = common::release_dir(build, &["dns-proxy", "node-agent"])?;
+    Ok(Bins {
         agent: target.join("node-agent"),
         dns_proxy: target.join("dns-proxy"),
         bench: std::env::current_exe().context("finding dns-bench itself")?,
-    };
-    for path in [&bins.agent, &bins.dns_proxy] {
-        if !path.exists() {
-            bail!(
-                "{} missing: run cargo build --release -p dns-proxy -p node-agent",
-                path.display()
-            );
-        }
-    }
-    Ok(bins)
+    })
 }
 
 fn main() -> Result<()> {

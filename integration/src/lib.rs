@@ -92,6 +92,19 @@ impl AgentProcess {
         }
     }
 
+    /// The agent's process id, for signals a test sends itself.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the agent to exit after a signal the test sent.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        match self.child.wait() {
+            Ok(status) => status,
+            Err(e) => panic!("waiting for the agent: {e}"),
+        }
+    }
+
     /// Stops the agent with SIGTERM, as an orchestrator would, and waits for it.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();

@@ -365,3 +365,33 @@ async fn big_directory_is_never_served_partially() {
     p.handle.shutdown().await;
     assert!(agent.stop().success());
 }
+
+// SIGTERM right after the agent opens its socket, while it is still loading: an orchestrator
+// stopping a pod that just started. The agent must stop cleanly (exit 0), not die of the
+// signal's default action half-way through writing its state.
+#[test]
+fn sigterm_while_starting_is_a_clean_stop() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).expect("mkdir");
+    copy_example(&manifests, "pods.yaml");
+    copy_example(&manifests, "sw_l3_l4_l7_policy.yaml");
+    for round in 0..5 {
+        let socket = dir.path().join(format!("agent-{round}.sock"));
+        let agent = AgentProcess::start(&manifests, &socket);
+        let deadline = std::time::Instant::now() + PATIENCE;
+        // Spinning, and signalling from this process rather than through kill(1), puts the
+        // signal within microseconds of the socket's creation: before the first publish.
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the socket never appeared"
+            );
+            std::hint::spin_loop();
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.pid()).expect("pid fits"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let status = agent.wait();
+        assert!(status.success(), "round {round}: {status}");
+    }
+}

@@ -122,21 +122,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async {
-        let shutdown = async {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
+        // The handlers are installed here, before the agent starts serving: a future that
+        // registered them on first poll would leave a window, after the first publish,
+        // where SIGTERM still has its default action and kills the agent mid-write.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        let shutdown = async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = interrupt.recv() => {}
                 _ = term.recv() => {}
             }
         };
-        agent::run_with_fqdn(config, fqdn, shutdown).await
+        agent::run_with_fqdn(config, fqdn, shutdown).await?;
+        Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
 }

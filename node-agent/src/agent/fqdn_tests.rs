@@ -111,6 +111,21 @@ fn egress_identities(snapshot: &Snapshot, endpoint: &str) -> Vec<u32> {
     }
 }
 
+/// The identities of the endpoint's compiled egress entries: what the datapath gets.
+fn compiled_egress_identities(pipeline: &PolicyPipeline, endpoint: &str) -> Vec<u32> {
+    let key = crate::compiler::EndpointKey::parse(endpoint).expect("NS/POD");
+    let compiled = pipeline
+        .compiler()
+        .endpoint(&key)
+        .expect("compiled endpoint");
+    compiled
+        .egress
+        .entries
+        .iter()
+        .flat_map(|e| e.selection.identities.clone())
+        .collect()
+}
+
 #[test]
 fn an_answer_is_published_before_the_reply() {
     let (mut p, snapshots) = pipeline(FqdnSettings::default());
@@ -153,7 +168,10 @@ fn an_answer_is_published_before_the_reply() {
         "{:?}",
         identity.labels
     );
-    assert!(egress_identities(&snapshot, "prod/client").contains(&identity.id));
+    assert!(compiled_egress_identities(&p, "prod/client").contains(&identity.id));
+    // The proxies are not sent the toFQDNs allow on 443: no redirect entry shares its
+    // ports, so it can never decide a redirected flow.
+    assert!(egress_identities(&snapshot, "prod/client").is_empty());
     // The unselected name is recorded without an identity.
     assert!(identity_with(&snapshot, "198.51.100.1/32").is_none());
     let list = p
@@ -231,7 +249,7 @@ fn the_cache_survives_a_restart_through_its_file() {
     load(&mut second);
     let snapshot = snapshots.borrow().clone();
     let identity = identity_with(&snapshot, "192.0.2.1/32").expect("restored IP has an identity");
-    assert!(egress_identities(&snapshot, "prod/client").contains(&identity.id));
+    assert!(compiled_egress_identities(&second, "prod/client").contains(&identity.id));
     let list = second
         .fqdn_cache_list(&proto::FqdnCacheRequest::default())
         .expect("listed");
@@ -354,4 +372,69 @@ fn network_policies_say_which_endpoints_report_answers() {
             .collect(),
     );
     assert!(!egress_fqdn(&snapshots.borrow()));
+}
+
+// A learned IP changes what proxies are sent only where a proxy could use it: a toFQDNs
+// allow whose ports a redirect entry shares (SEMANTICS 3.4: it widens that redirect to
+// every request for the learned peers). Elsewhere an answer publishes one Identity
+// resource and no NetworkPolicy version.
+#[test]
+fn learned_ips_reach_proxies_only_where_a_redirect_shares_the_ports() {
+    let (mut p, snapshots) = pipeline(FqdnSettings::default());
+    load(&mut p);
+    let policy_version = |s: &Snapshot| s.types[NETWORK_POLICY_TYPE].version;
+    let before = policy_version(&snapshots.borrow());
+    observe(
+        &mut p,
+        vec![observation(
+            "prod/client",
+            "api.example.com.",
+            &["192.0.2.1"],
+        )],
+    );
+    let snapshot = snapshots.borrow().clone();
+    let id = identity_with(&snapshot, "192.0.2.1/32")
+        .expect("identity")
+        .id;
+    assert!(compiled_egress_identities(&p, "prod/client").contains(&id));
+    assert_eq!(policy_version(&snapshot), before, "no NetworkPolicy push");
+    assert!(egress_identities(&snapshot, "prod/client").is_empty());
+
+    // An HTTP rule on 443 for every peer: the toFQDNs allow now shares a redirect's port.
+    let with_l7 = OBJECTS.to_owned()
+        + r#"---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l7-everywhere, namespace: prod}
+spec:
+  endpointSelector: {}
+  egress:
+  - toEntities: [world]
+    toPorts: [{ports: [{port: "443", protocol: TCP}], rules: {http: [{method: GET}]}}]
+"#;
+    let parsed = parse_str("objects.yaml", &with_l7);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    p.apply(
+        parsed
+            .objects
+            .into_iter()
+            .map(SourceEvent::Applied)
+            .collect(),
+    );
+    assert!(egress_identities(&snapshots.borrow(), "prod/client").contains(&id));
+    let before = policy_version(&snapshots.borrow());
+    observe(
+        &mut p,
+        vec![observation(
+            "prod/client",
+            "api.example.com.",
+            &["192.0.2.7"],
+        )],
+    );
+    let snapshot = snapshots.borrow().clone();
+    let second = identity_with(&snapshot, "192.0.2.7/32")
+        .expect("identity")
+        .id;
+    assert!(policy_version(&snapshot) > before);
+    assert!(egress_identities(&snapshot, "prod/client").contains(&second));
 }

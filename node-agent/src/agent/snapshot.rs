@@ -14,7 +14,7 @@ use xds::{IDENTITY_TYPE, NETWORK_POLICY_TYPE};
 use crate::compiler::{Changes, Compiler, DirectionPolicy, EndpointPolicy, L7Policy, PolicyEntry};
 use crate::identity::Identity;
 use crate::policy::rule::L7Parser;
-use crate::policy::{L7Spec, Protocol};
+use crate::policy::{L7Spec, Peer, Protocol};
 
 /// Updates the served resources in place (the published snapshot itself, so that a
 /// change costs what changed, not a copy of every resource) and bumps a type's version
@@ -244,12 +244,42 @@ pub fn network_policy(endpoint: &EndpointPolicy) -> proto::NetworkPolicy {
         ips: endpoint.ip.iter().map(ToString::to_string).collect(),
         identity: endpoint.identity,
         ingress: Some(direction(&endpoint.ingress)),
-        egress: Some(direction(&endpoint.egress)),
+        egress: Some(proxy_egress(&endpoint.egress)),
         egress_fqdn: endpoint
             .egress
             .entries
             .iter()
-            .any(|e| matches!(e.peer, crate::policy::Peer::Fqdn(_))),
+            .any(|e| matches!(e.peer, Peer::Fqdn(_))),
+    }
+}
+
+/// The egress the proxies see: without the toFQDNs allow entries that no redirect entry's
+/// ports overlap. A proxy evaluates an egress entry only for a flow the datapath redirected,
+/// that is a flow some redirect entry matches; an allow entry on other ports can never
+/// match such a flow, so leaving it out changes no proxy verdict. These entries are left
+/// out because they are the ones that grow with every DNS answer (one identity per learned
+/// IP): sending them would make each answer cost a push of the endpoint's whole policy,
+/// O(learned IPs), to every proxy. The datapath is programmed from the compiler's full
+/// entries, not from this.
+fn proxy_egress(policy: &DirectionPolicy) -> proto::DirectionPolicy {
+    let redirects: Vec<&PolicyEntry> = policy
+        .entries
+        .iter()
+        .filter(|e| !e.deny && e.l7.is_some())
+        .collect();
+    let proxy_relevant = |e: &&PolicyEntry| {
+        let fqdn_allow = !e.deny && e.l7.is_none() && matches!(e.peer, Peer::Fqdn(_));
+        !fqdn_allow || redirects.iter().any(|r| r.port.overlaps(&e.port))
+    };
+    proto::DirectionPolicy {
+        enforced: policy.enforced,
+        default_deny: policy.default_deny,
+        entries: policy
+            .entries
+            .iter()
+            .filter(proxy_relevant)
+            .map(entry)
+            .collect(),
     }
 }
 

@@ -36,6 +36,20 @@ impl PortKey {
             && (self.port == 0 || (self.port <= port && port <= self.end_port))
     }
 
+    /// Whether some flow is a flow of both.
+    pub fn overlaps(&self, other: &PortKey) -> bool {
+        let protocols = match (self.protocol, other.protocol) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        let range = |k: &PortKey| (k.port, k.end_port.max(k.port));
+        let ports = self.port == 0 || other.port == 0 || {
+            let ((a, b), (c, d)) = (range(self), range(other));
+            a <= d && c <= b
+        };
+        protocols && ports
+    }
+
     /// Whether every flow of `other` is also a flow of `self`.
     pub fn covers(&self, other: &PortKey) -> bool {
         let proto_ok = match (self.protocol, other.protocol) {

@@ -200,6 +200,7 @@ pub fn snapshot(dns_port: u16) -> Snapshot {
                     version: 1,
                     resources: identity_resources,
                     requires: None,
+                    changes: None,
                 },
             ),
             (
@@ -208,6 +209,7 @@ pub fn snapshot(dns_port: u16) -> Snapshot {
                     version: 1,
                     resources: policies,
                     requires: Some((xds::IDENTITY_TYPE.to_owned(), 1)),
+                    changes: None,
                 },
             ),
         ]),

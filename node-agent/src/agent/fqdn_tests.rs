@@ -438,3 +438,50 @@ spec:
     assert!(policy_version(&snapshot) > before);
     assert!(egress_identities(&snapshot, "prod/client").contains(&second));
 }
+
+// The server sends a client only the names the change log lists since the version it
+// ACKed: every resource that differs between two published snapshots must be listed.
+#[test]
+fn the_change_log_lists_every_changed_resource() {
+    let (mut p, snapshots) = pipeline(FqdnSettings::default());
+    load(&mut p);
+    let mut before = snapshots.borrow().clone();
+    let first_identities = before.types[IDENTITY_TYPE].resources.len();
+    for n in 0..40u8 {
+        let ips = [format!("192.0.2.{n}"), format!("198.51.100.{}", n / 3)];
+        let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+        observe(
+            &mut p,
+            vec![observation("prod/client", "api.example.com.", &ips)],
+        );
+        if n % 10 == 9 {
+            // Expiry and a policy edit in between: removals and rewrites.
+            p.tick();
+            load(&mut p);
+        }
+        let after = snapshots.borrow().clone();
+        for (type_url, now) in &after.types {
+            let was = &before.types[type_url];
+            let log = now.changes.as_ref().expect("the agent keeps a change log");
+            let listed: std::collections::BTreeSet<&str> =
+                log.since(was.version).expect("log reaches back").collect();
+            let names: std::collections::BTreeSet<&String> =
+                now.resources.keys().chain(was.resources.keys()).collect();
+            for name in names {
+                let differs = match (was.resources.get(name), now.resources.get(name)) {
+                    (Some(a), Some(b)) => a.body != b.body || a.version != b.version,
+                    (None, None) => false,
+                    _ => true,
+                };
+                assert!(
+                    !differs || listed.contains(name.as_str()),
+                    "{type_url} {name} changed between {} and {} but is not logged",
+                    was.version,
+                    now.version
+                );
+            }
+        }
+        before = after;
+    }
+    assert!(before.types[IDENTITY_TYPE].resources.len() >= first_identities + 40);
+}

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use xds::proto;
-use xds::server::{Snapshot, TypeSnapshot};
+use xds::server::{ChangeLog, Snapshot, TypeSnapshot};
 use xds::{IDENTITY_TYPE, NETWORK_POLICY_TYPE};
 
 use crate::compiler::{Changes, Compiler, DirectionPolicy, EndpointPolicy, L7Policy, PolicyEntry};
@@ -54,6 +54,7 @@ impl SnapshotBuilder {
     fn start(&self) -> TypeSnapshot {
         TypeSnapshot {
             version: self.base,
+            changes: Some(ChangeLog::starting_at(self.base)),
             ..TypeSnapshot::default()
         }
     }
@@ -115,8 +116,7 @@ impl SnapshotBuilder {
                         identities_changed |= upsert(identities, id.to_string(), body, next);
                     }
                     None => {
-                        identities_changed |=
-                            identities.resources.remove(&id.to_string()).is_some();
+                        identities_changed |= identities.remove(&id.to_string(), next);
                     }
                 }
             }
@@ -135,7 +135,7 @@ impl SnapshotBuilder {
             policies_changed |= upsert(policies, key.to_string(), body, next);
         }
         for key in &changes.removed {
-            policies_changed |= policies.resources.remove(&key.to_string()).is_some();
+            policies_changed |= policies.remove(&key.to_string(), next);
         }
         if policies_changed {
             policies.version = next;
@@ -171,23 +171,28 @@ fn upsert(
     {
         return false;
     }
-    state.resources.insert(
-        name.clone(),
-        Arc::new(proto::Resource {
-            name,
-            version: version.to_string(),
-            body: Some(body),
-        }),
-    );
+    let resource = Arc::new(proto::Resource {
+        name: name.clone(),
+        version: version.to_string(),
+        body: Some(body),
+    });
+    state.upsert(name, resource, version);
     true
 }
 
 /// Replaces the whole set of a type, keeping the versions of unchanged resources.
 fn replace_all(state: &mut TypeSnapshot, fresh: BTreeMap<String, proto::resource::Body>) -> bool {
     let next = state.version + 1;
-    let before = state.resources.len();
-    state.resources.retain(|name, _| fresh.contains_key(name));
-    let mut changed = state.resources.len() != before;
+    let gone: Vec<String> = state
+        .resources
+        .keys()
+        .filter(|name| !fresh.contains_key(*name))
+        .cloned()
+        .collect();
+    let mut changed = !gone.is_empty();
+    for name in gone {
+        state.remove(&name, next);
+    }
     for (name, body) in fresh {
         changed |= upsert(state, name, body, next);
     }

@@ -5,6 +5,7 @@
 //! has acknowledged and sends the difference, one response per type at a time
 //! (SEMANTICS 9). What each client holds is visible through [`PolicyServer::status`].
 
+mod changes;
 mod observe;
 mod registry;
 mod service;
@@ -26,6 +27,7 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use crate::XdsError;
 use crate::proto;
 use crate::proto::policy_stream_server::PolicyStreamServer;
+pub use changes::ChangeLog;
 pub use observe::flow_matches;
 use registry::Registry;
 pub use service::PolicyService;
@@ -63,6 +65,10 @@ pub struct TypeSnapshot {
     /// of that other type (the identity map reaches a client before the policies that
     /// refer to new identities). Applies only to clients that subscribe to that other type.
     pub requires: Option<(String, u64)>,
+    /// What changed at which version, if the writer keeps a log (through
+    /// [`TypeSnapshot::upsert`] and [`TypeSnapshot::remove`]): clients are then sent the
+    /// changes since their ACKed version without diffing every resource.
+    pub changes: Option<ChangeLog>,
 }
 
 /// What the server needs from the agent besides snapshots.

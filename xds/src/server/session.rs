@@ -143,6 +143,10 @@ struct Subscription {
     acked: BTreeMap<String, String>,
     /// The type version the client has ACKed ("" if none yet).
     acked_version: String,
+    /// `acked` is exactly the type's resources at `acked_version`, because the client
+    /// ACKed a response of this stream (not just reported what it holds): the changes
+    /// logged since that version are then all it lacks.
+    acked_exact: bool,
     /// The next response must be the full state (the client has nothing yet).
     full_state: bool,
     in_flight: Option<InFlight>,
@@ -160,7 +164,30 @@ struct InFlight {
     nonce: String,
     version: u64,
     /// The client's state once it applies this response.
-    state: BTreeMap<String, String>,
+    state: NextState,
+}
+
+/// What the client will hold after a response: a whole map, or changes to what it ACKed.
+enum NextState {
+    Whole(BTreeMap<String, String>),
+    /// name -> its new resource version, or `None` for a removal.
+    Delta(BTreeMap<String, Option<String>>),
+}
+
+impl NextState {
+    fn apply_to(self, acked: &mut BTreeMap<String, String>) {
+        match self {
+            NextState::Whole(state) => *acked = state,
+            NextState::Delta(delta) => {
+                for (name, version) in delta {
+                    match version {
+                        Some(version) => acked.insert(name, version),
+                        None => acked.remove(&name),
+                    };
+                }
+            }
+        }
+    }
 }
 
 struct Nack {
@@ -226,8 +253,9 @@ impl Session {
         match request.error_detail {
             None => {
                 tracing::info!(%client, %type_url, version = in_flight.version, "ACK");
-                subscription.acked = in_flight.state;
+                in_flight.state.apply_to(&mut subscription.acked);
                 subscription.acked_version = in_flight.version.to_string();
+                subscription.acked_exact = true;
                 subscription.full_state = false;
                 subscription.held_at = None;
             }
@@ -255,10 +283,25 @@ impl Session {
     /// The send waits for room only while the listener is not shutting down: a client that
     /// stopped reading must not hold up the server's shutdown.
     async fn pump(&mut self, shutdown: &mut Option<watch::Receiver<bool>>) -> Result<(), Gone> {
+        let responses = self.due_responses();
+        for response in responses {
+            tokio::select! {
+                sent = self.out.send(Ok(response)) => sent.map_err(|_| Gone)?,
+                _ = shutdown_signal(shutdown) => return Err(Gone),
+            }
+        }
+        Ok(())
+    }
+
+    /// The responses due now, each recorded as in flight. The snapshot is released before
+    /// anything is sent: while a stream holds it, the agent's next publish must copy it
+    /// instead of changing it in place.
+    fn due_responses(&mut self) -> Vec<proto::StreamResponse> {
         let snapshot: Arc<Snapshot> = self.shared.snapshots.borrow().clone();
+        let mut due = Vec::new();
         if !snapshot.ready {
             // SEMANTICS 9.2: the agent has not finished loading; wait.
-            return Ok(());
+            return due;
         }
         let type_urls: Vec<String> = self.types.keys().cloned().collect();
         for type_url in type_urls {
@@ -307,12 +350,9 @@ impl Session {
             subscription.responses_sent += 1;
             subscription.resources_sent += count as u64;
             subscription.bytes_sent += bytes as u64;
-            tokio::select! {
-                sent = self.out.send(Ok(response)) => sent.map_err(|_| Gone)?,
-                _ = shutdown_signal(shutdown) => return Err(Gone),
-            }
+            due.push(response);
         }
-        Ok(())
+        due
     }
 
     /// Whether a response of this type may go now: none in flight, not held by a NACK of
@@ -388,29 +428,11 @@ fn next_response(
     subscription: &Subscription,
     type_url: &str,
     current: &TypeSnapshot,
-) -> Option<(proto::StreamResponse, BTreeMap<String, String>)> {
+) -> Option<(proto::StreamResponse, NextState)> {
     let version = current.version.to_string();
-    let state: BTreeMap<String, String> = current
-        .resources
-        .iter()
-        .map(|(name, r)| (name.clone(), r.version.clone()))
-        .collect();
-    let (resources, removed) = if subscription.full_state {
-        (current.resources.values().collect::<Vec<_>>(), Vec::new())
-    } else {
-        let changed: Vec<_> = current
-            .resources
-            .iter()
-            .filter(|(name, r)| subscription.acked.get(*name) != Some(&r.version))
-            .map(|(_, r)| r)
-            .collect();
-        let removed: Vec<String> = subscription
-            .acked
-            .keys()
-            .filter(|name| !current.resources.contains_key(*name))
-            .cloned()
-            .collect();
-        (changed, removed)
+    let (resources, removed, state) = match logged_changes(subscription, current) {
+        Some(changes) => changes,
+        None => whole_diff(subscription, current),
     };
     let nothing_to_do = !subscription.full_state
         && resources.is_empty()
@@ -428,6 +450,67 @@ fn next_response(
         full_state: subscription.full_state,
     };
     Some((response, state))
+}
+
+type Diff<'a> = (Vec<&'a Arc<proto::Resource>>, Vec<String>, NextState);
+
+/// The diff from the change log: only the names changed since the client's exact ACKed
+/// version. `None` when that does not apply (first response, a state the client reported,
+/// no log, or a log that no longer reaches back).
+fn logged_changes<'a>(subscription: &Subscription, current: &'a TypeSnapshot) -> Option<Diff<'a>> {
+    if subscription.full_state || !subscription.acked_exact {
+        return None;
+    }
+    let acked_version = subscription.acked_version.parse::<u64>().ok()?;
+    let names: std::collections::BTreeSet<&str> =
+        current.changes.as_ref()?.since(acked_version)?.collect();
+    let mut resources = Vec::new();
+    let mut removed = Vec::new();
+    let mut delta = BTreeMap::new();
+    for name in names {
+        match current.resources.get(name) {
+            Some(r) if subscription.acked.get(name) != Some(&r.version) => {
+                resources.push(r);
+                delta.insert(name.to_owned(), Some(r.version.clone()));
+            }
+            Some(_) => {}
+            None if subscription.acked.contains_key(name) => {
+                removed.push(name.to_owned());
+                delta.insert(name.to_owned(), None);
+            }
+            None => {}
+        }
+    }
+    Some((resources, removed, NextState::Delta(delta)))
+}
+
+/// The diff over every resource, against what the client holds.
+fn whole_diff<'a>(subscription: &Subscription, current: &'a TypeSnapshot) -> Diff<'a> {
+    let state: BTreeMap<String, String> = current
+        .resources
+        .iter()
+        .map(|(name, r)| (name.clone(), r.version.clone()))
+        .collect();
+    if subscription.full_state {
+        return (
+            current.resources.values().collect(),
+            Vec::new(),
+            NextState::Whole(state),
+        );
+    }
+    let changed = current
+        .resources
+        .iter()
+        .filter(|(name, r)| subscription.acked.get(*name) != Some(&r.version))
+        .map(|(_, r)| r)
+        .collect();
+    let removed = subscription
+        .acked
+        .keys()
+        .filter(|name| !current.resources.contains_key(*name))
+        .cloned()
+        .collect();
+    (changed, removed, NextState::Whole(state))
 }
 
 fn unix_ms(t: SystemTime) -> i64 {

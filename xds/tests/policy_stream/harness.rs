@@ -98,6 +98,7 @@ pub fn at(version: u64, resources: &[(&str, u64)]) -> TypeSnapshot {
             .map(|(name, v)| (name.to_string(), resource(name, *v)))
             .collect(),
         requires: None,
+        changes: None,
     }
 }
 

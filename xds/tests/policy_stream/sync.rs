@@ -5,8 +5,8 @@ use std::time::Duration;
 use xds::proto;
 
 use crate::harness::{
-    IDENTITY, POLICY, Socket, TestServer, acked, at, ready, state, toy_client, type_status,
-    wait_version,
+    IDENTITY, POLICY, Socket, TestServer, acked, at, ready, resource, state, toy_client,
+    type_status, wait_version,
 };
 
 // SEMANTICS 9.1, 9.3: the first version reaches the client and its ACK shows in status.
@@ -276,4 +276,60 @@ async fn serves_over_tcp() {
         .expect("stops in time")
         .expect("server task")
         .expect("server ends cleanly");
+}
+
+// With a change log, an update is found from the names changed since the client's ACKed
+// version (not by diffing every resource), and says exactly the same as the whole diff.
+// A log that does not reach back to the client's version falls back to the whole diff.
+#[tokio::test]
+async fn a_logged_update_is_sent_as_the_same_delta() {
+    use xds::server::ChangeLog;
+    let socket = Socket::new();
+    let mut identities = at(1, &[("a", 1), ("b", 1), ("c", 1)]);
+    identities.changes = Some(ChangeLog::starting_at(1));
+    let server = TestServer::start(&socket.path, ready(vec![(IDENTITY, identities.clone())]));
+    let (client, mut watches) = toy_client(&socket, "proxy-1", &[IDENTITY]);
+    wait_version(&mut watches[0], "1").await;
+    server
+        .wait_status("ACK of 1", |s| acked(s, "proxy-1", IDENTITY, "1"))
+        .await;
+
+    // a changed, b unchanged, c removed, d added; e added then removed again.
+    identities.upsert("a".into(), resource("a", 2), 2);
+    identities.remove("c", 2);
+    identities.upsert("d".into(), resource("d", 2), 2);
+    identities.upsert("e".into(), resource("e", 2), 2);
+    identities.remove("e", 2);
+    identities.version = 2;
+    server.publish(ready(vec![(IDENTITY, identities.clone())]));
+    let v2 = wait_version(&mut watches[0], "2").await;
+    assert_eq!(v2.state, state(&[("a", 2), ("b", 1), ("d", 2)]));
+    let status = server
+        .wait_status("ACK of 2", |s| acked(s, "proxy-1", IDENTITY, "2"))
+        .await;
+    let sent = type_status(&status, "proxy-1", IDENTITY).expect("identity status");
+    assert_eq!((sent.responses_sent, sent.resources_sent), (2, 3 + 2));
+
+    // The next change builds on the state the ACK left (the delta, applied).
+    identities.upsert("b".into(), resource("b", 3), 3);
+    identities.version = 3;
+    server.publish(ready(vec![(IDENTITY, identities.clone())]));
+    let v3 = wait_version(&mut watches[0], "3").await;
+    assert_eq!(v3.state, state(&[("a", 2), ("b", 3), ("d", 2)]));
+    let status = server
+        .wait_status("ACK of 3", |s| acked(s, "proxy-1", IDENTITY, "3"))
+        .await;
+    let sent = type_status(&status, "proxy-1", IDENTITY).expect("identity status");
+    assert_eq!((sent.responses_sent, sent.resources_sent), (3, 3 + 2 + 1));
+
+    // A log starting after the client's version (as after an agent restart) cannot say
+    // what changed: the whole diff finds that "a" went and "f" came.
+    let mut restarted = at(5, &[("b", 3), ("d", 2), ("f", 5)]);
+    restarted.changes = Some(ChangeLog::starting_at(5));
+    server.publish(ready(vec![(IDENTITY, restarted)]));
+    let v5 = wait_version(&mut watches[0], "5").await;
+    assert_eq!(v5.state, state(&[("b", 3), ("d", 2), ("f", 5)]));
+
+    client.shutdown().await;
+    server.stop().await;
 }

@@ -32,8 +32,9 @@ pub const NETWORK_POLICY_TYPE: &str = "type.sidecarless.io/sidecarless.policy.v1
 pub const IDENTITY_TYPE: &str = "type.sidecarless.io/sidecarless.policy.v1.Identity";
 
 pub use client::{
-    AgentClient, Backoff, ClientBuilder, ClientHandle, ClientStatus, Endpoint, FlowReporter,
-    NackStatus, StateWatch, SubscriptionStatus, TypeHandler, Versioned, fetch_status,
+    AgentClient, Backoff, Built, ClientBuilder, ClientHandle, ClientStatus, Endpoint, FlowReporter,
+    NackStatus, ResourceChange, StateWatch, SubscriptionStatus, TypeHandler, Versioned,
+    fetch_status,
 };
 pub use server::{
     AgentHooks, EventReceiver, FlowHistory, PolicyServer, PolicyService, Snapshot, TypeSnapshot,

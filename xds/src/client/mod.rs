@@ -3,8 +3,9 @@
 //! A proxy registers one [`TypeHandler`] per resource type with a [`ClientBuilder`] and gets
 //! a `watch` of its built state per type. The client keeps one stream to the agent for all
 //! types, applies each response all or nothing (the handler builds the new state from the
-//! complete resource set; any rejected resource NACKs the whole response and the previous
-//! state stays in force), and reconnects with backoff. While disconnected the last good
+//! complete resource set, or updates the previous state by a delta's changes; any rejected
+//! resource NACKs the whole response and the previous state stays in force), and
+//! reconnects with backoff. While disconnected the last good
 //! state stays published: the proxy keeps enforcing it.
 
 mod agent;
@@ -58,6 +59,37 @@ pub trait TypeHandler: Send + Sync + 'static {
         &self,
         resources: &BTreeMap<String, Arc<proto::Resource>>,
     ) -> Result<Self::State, Vec<(String, String)>>;
+
+    /// Builds the state after a delta response from the state before it, for types whose
+    /// resource sets are large and whose deltas are small (rebuilding tens of thousands of
+    /// resources per one-resource delta is what this avoids). `previous` was built from the
+    /// resources before the response, `resources` is the complete set after it, and
+    /// `changes` names every resource the response upserted or removed, with what it held
+    /// before and after. The result must be exactly what [`TypeHandler::build`] returns on
+    /// `resources` (the same state, or the same errors). `None`, the default: not
+    /// supported, the client calls `build`.
+    fn update(
+        &self,
+        _previous: &Self::State,
+        _resources: &BTreeMap<String, Arc<proto::Resource>>,
+        _changes: &[ResourceChange<'_>],
+    ) -> Option<Built<Self::State>> {
+        None
+    }
+}
+
+/// What [`TypeHandler::build`] and [`TypeHandler::update`] return: the state, or the
+/// (resource name, reason) pairs that make the response a NACK.
+pub type Built<S> = Result<S, Vec<(String, String)>>;
+
+/// One resource a delta response upserted or removed (see [`TypeHandler::update`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceChange<'a> {
+    pub name: &'a str,
+    /// What the previous state was built from under this name (`None`: a new name).
+    pub before: Option<&'a proto::Resource>,
+    /// What the new state must hold under this name (`None`: removed).
+    pub after: Option<&'a proto::Resource>,
 }
 
 /// A built state and the type version it was built from.

@@ -14,6 +14,7 @@ use xds::proto;
 use super::PolicyPipeline;
 use crate::compiler::{Compiler, EndpointKey};
 use crate::datapath::Datapath;
+use crate::datapath::scanner::{EgressFlows, ScanJob};
 use crate::fqdn::{FqdnConfig, Journal, Source};
 use crate::source::SourceEvent;
 
@@ -64,6 +65,8 @@ pub enum LoopEvent {
     Source(SourceEvent),
     Observe(FqdnRequest),
     ListCache(CacheRequest),
+    /// The conntrack scanner's answer to a FQDN expiry's request: the live egress flows.
+    EgressFlows(EgressFlows),
     /// Save what must be saved and stop.
     Shutdown,
 }
@@ -80,6 +83,8 @@ pub(super) struct FqdnRuntime {
     last_observation: Option<Instant>,
     /// Identities changed since the hooks' name table was last rebuilt.
     pub(super) names_stale: bool,
+    /// A scan of the live flows was asked of the conntrack scanner for expiry.
+    pub(super) scan_pending: bool,
     observations: u64,
     refused: u64,
 }
@@ -93,6 +98,7 @@ impl FqdnRuntime {
             last_save: None,
             last_observation: None,
             names_stale: false,
+            scan_pending: false,
             observations: 0,
             refused: 0,
         }
@@ -336,18 +342,52 @@ impl PolicyPipeline {
         }
     }
 
-    /// The tick's FQDN expiry, recompiled, published and programmed incrementally.
-    /// Returns whether it changed anything.
-    pub(super) fn expire_and_program(&mut self, now: Instant) -> bool {
-        if !self.expire_fqdn(now) {
+    /// The tick's FQDN expiry, when some entry is due: the live flows come from the
+    /// conntrack scanner's thread (the expiry runs when they arrive, as
+    /// `LoopEvent::EgressFlows`), or from a scan right here without one.
+    pub(super) fn start_fqdn_expiry(&mut self, now: Instant) {
+        if !self.fqdn_expiry_due(now) || self.fqdn.scan_pending {
+            return;
+        }
+        if let Some(scanner) = &self.scanner {
+            if scanner.request(ScanJob::LiveEgressFlows) {
+                self.fqdn.scan_pending = true;
+                return;
+            }
+            tracing::warn!("the conntrack scanner is gone; scanning on the event loop");
+            self.scanner = None;
+        }
+        let flows = match self.datapath.as_mut() {
+            None => EgressFlows::new(),
+            Some(datapath) => match datapath.expire_idle_and_collect_flows() {
+                Ok(flows) => flows,
+                Err(error) => {
+                    tracing::warn!(%error, "conntrack scan failed; FQDN expiry waits");
+                    return;
+                }
+            },
+        };
+        self.expire_and_program(now, &flows);
+    }
+
+    /// The scanner's flows arrived: expire what is due now.
+    pub(super) fn finish_fqdn_expiry(&mut self, flows: &EgressFlows) {
+        self.fqdn.scan_pending = false;
+        self.expire_and_program(Instant::now(), flows);
+    }
+
+    /// The FQDN expiry, recompiled, published and programmed incrementally. No re-check
+    /// sweep follows: the IPs withdrawn had no live flow in `flows` (see
+    /// `datapath::scanner::expire_idle_and_collect`). Returns whether it changed anything.
+    pub(super) fn expire_and_program(&mut self, now: Instant, flows: &EgressFlows) -> bool {
+        if !self.expire_fqdn(now, flows) {
             return false;
         }
         let changes = self.compiler.flush();
         self.fqdn.names_stale |= !changes.identities.is_empty();
         self.builder
             .publish(&self.compiler, &changes, &self.publish);
-        let programmed = self.program_fqdn_changes(&changes);
-        match &programmed {
+        match self.program_fqdn_changes(&changes) {
             Ok(Some(report)) => tracing::info!(
                 ipcache_upserts = report.ipcache_upserts,
                 ipcache_deletes = report.ipcache_deletes,
@@ -361,8 +401,18 @@ impl PolicyPipeline {
                 tracing::error!(%error, "withdrawing expired FQDN entries failed; retrying on the next refresh")
             }
         }
-        self.recheck_after(&programmed);
         true
+    }
+
+    /// Whether some FQDN entry expired more than the grace ago.
+    fn fqdn_expiry_due(&self, now: Instant) -> bool {
+        now.checked_sub(self.fqdn.settings.expiry_grace)
+            .is_some_and(|threshold| {
+                self.compiler
+                    .fqdn_cache()
+                    .next_expiry()
+                    .is_some_and(|next| next < threshold)
+            })
     }
 
     /// Whether a DNS answer was handled within `window`: the tick then skips the full
@@ -373,26 +423,16 @@ impl PolicyPipeline {
             .is_some_and(|at| at.elapsed() < window)
     }
 
-    /// The 1 s tick's FQDN work: expire what is due (one conntrack scan), then save the
-    /// cache if it changed. Returns whether anything expired or turned zombie (the caller
-    /// then recompiles and reconciles).
-    pub fn expire_fqdn(&mut self, now: Instant) -> bool {
+    /// Expires the entries due at `now` (past the grace); an IP a flow of `flows` uses
+    /// stays as a zombie. Returns whether anything expired or turned zombie (the caller
+    /// then recompiles and programs).
+    pub fn expire_fqdn(&mut self, now: Instant, flows: &EgressFlows) -> bool {
         let Some(threshold) = now.checked_sub(self.fqdn.settings.expiry_grace) else {
             return false;
         };
-        let due = self
-            .compiler
-            .fqdn_cache()
-            .next_expiry()
-            .is_some_and(|next| next < threshold);
-        if !due {
+        if !self.fqdn_expiry_due(now) {
             return false;
         }
-        let flows = self
-            .datapath
-            .as_ref()
-            .map(Datapath::egress_flows)
-            .unwrap_or_default();
         let own_ips: std::collections::BTreeMap<EndpointKey, IpAddr> = self
             .compiler
             .fqdn_cache()

@@ -26,6 +26,7 @@ pub use hooks::Hooks;
 use snapshot::SnapshotBuilder;
 
 use crate::compiler::{Compiler, EndpointScope};
+use crate::datapath::scanner::{ConntrackScanner, ScanJob};
 use crate::datapath::{Datapath, DatapathConfig, DatapathError};
 use crate::source::{DirectorySource, SourceError, SourceEvent};
 
@@ -80,6 +81,9 @@ pub struct PolicyPipeline {
     fqdn: fqdn::FqdnRuntime,
     /// When the last full reconcile ran.
     last_reconcile: Option<Instant>,
+    /// Scans conntrack off the event loop (FQDN expiry, idle entries); `None` without a
+    /// datapath, or before the loop starts it.
+    scanner: Option<ConntrackScanner>,
 }
 
 impl PolicyPipeline {
@@ -104,6 +108,7 @@ impl PolicyPipeline {
             ready: false,
             fqdn: fqdn::FqdnRuntime::new(settings),
             last_reconcile: None,
+            scanner: None,
         };
         (pipeline, snapshots)
     }
@@ -132,12 +137,14 @@ impl PolicyPipeline {
         let mut sources = Vec::new();
         let mut observations = Vec::new();
         let mut listings = Vec::new();
+        let mut flows = None;
         let mut running = true;
         for event in events {
             match event {
                 LoopEvent::Source(e) => sources.push(e),
                 LoopEvent::Observe(r) => observations.push(r),
                 LoopEvent::ListCache(r) => listings.push(r),
+                LoopEvent::EgressFlows(f) => flows = Some(f),
                 LoopEvent::Shutdown => running = false,
             }
         }
@@ -146,6 +153,9 @@ impl PolicyPipeline {
         }
         if !observations.is_empty() {
             self.observe_fqdn(observations);
+        }
+        if let Some(flows) = flows {
+            self.finish_fqdn_expiry(&flows);
         }
         for CacheRequest { request, reply } in listings {
             let _ = reply.send(self.fqdn_cache_list(&request));
@@ -228,8 +238,28 @@ impl PolicyPipeline {
     /// Expires idle conntrack entries (see `Datapath::sweep_conntrack`); called now and
     /// then by the event loop.
     pub fn expire_conntrack(&mut self) {
+        if let Some(scanner) = &self.scanner
+            && scanner.request(ScanJob::ExpireIdle)
+        {
+            return;
+        }
         if let Some(datapath) = self.datapath.as_mut() {
             Self::sweep(datapath, false, &BTreeSet::new());
+        }
+    }
+
+    /// Starts the conntrack scanner, whose results come back through `loop_tx`. Without
+    /// it (no datapath, or it cannot start) the scans run on the event loop.
+    pub fn start_conntrack_scanner(&mut self, loop_tx: mpsc::Sender<LoopEvent>) {
+        let Some(datapath) = &self.datapath else {
+            return;
+        };
+        let deliver = Box::new(move |flows| loop_tx.send(LoopEvent::EgressFlows(flows)).is_ok());
+        match datapath.conntrack_scanner(deliver) {
+            Ok(scanner) => self.scanner = Some(scanner),
+            Err(error) => {
+                tracing::warn!(%error, "conntrack scans will run on the event loop")
+            }
         }
     }
 
@@ -237,7 +267,7 @@ impl PolicyPipeline {
     /// changed something), the datapath refresh, saving the FQDN cache.
     pub fn tick(&mut self) {
         let now = Instant::now();
-        self.expire_and_program(now);
+        self.start_fqdn_expiry(now);
         // Under a steady stream of DNS answers the full reconcile runs less often, so
         // that answers rarely wait behind it; new devices are still found within
         // `BUSY_REFRESH`.
@@ -376,6 +406,7 @@ pub async fn run_with_fqdn(
         })
         .map_err(|_| AgentError::EventLoop)?;
     hooks_for_events.connect_loop(loop_tx.clone());
+    pipeline.start_conntrack_scanner(loop_tx.clone());
     let event_loop = tokio::task::spawn_blocking(move || {
         // Each wake-up drains everything queued, so a burst of edits is one recompile and
         // a burst of DNS answers one programming pass. The tick runs every second even

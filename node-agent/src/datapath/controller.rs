@@ -17,13 +17,14 @@ use aya::programs::TcAttachType;
 use ipnet::IpNet;
 
 use super::abi::{
-    CtKey, DP_ACT_DENY, DP_CT_F_CLOSING, DP_DIR_EGRESS, DP_FAMILY_IPV4, DP_FAMILY_IPV6,
-    DP_IDENTITY_HOST, DP_IPCACHE_STATIC_PREFIX, EndpointValue, IpcacheKey, IpcacheValue,
-    LocalIpKey, PolicyKey, PolicyValue,
+    CtKey, DP_ACT_DENY, DP_DIR_EGRESS, DP_FAMILY_IPV4, DP_FAMILY_IPV6, DP_IDENTITY_HOST,
+    DP_IPCACHE_STATIC_PREFIX, EndpointValue, IpcacheKey, IpcacheValue, LocalIpKey, PolicyKey,
+    PolicyValue,
 };
 use super::bytes;
 use super::entries::{self, ProxyPorts};
 use super::loader::{self, Loaded, LoaderError};
+use super::scanner;
 use super::system::{self, SystemError};
 use crate::compiler::{Compiler, EndpointKey};
 
@@ -64,6 +65,8 @@ pub enum DatapathError {
     NoUplink(String),
     #[error("more than 65535 local endpoints")]
     EndpointIdsExhausted,
+    #[error("starting the conntrack scan thread: {0}")]
+    ScanThread(std::io::Error),
 }
 
 /// What one reconcile did (logged, and shown by tests).
@@ -339,22 +342,10 @@ impl Datapath {
         let now = monotonic_ns();
         let mut report = SweepReport::default();
         let mut doomed = Vec::new();
-        for entry in self.loaded.maps.ct.iter() {
-            let Ok((raw_key, raw_value)) = entry else {
-                continue;
-            };
+        for (raw_key, raw_value) in self.loaded.maps.ct.iter().flatten() {
             report.scanned += 1;
             let key = bytes::ct_key_from(&raw_key);
-            let value = bytes::ct_value_from(&raw_value);
-            let idle = now.saturating_sub(value.last_seen_ns);
-            let timeout = if value.flags & DP_CT_F_CLOSING != 0 {
-                CT_CLOSING_TIMEOUT_NS
-            } else if key.protocol == IPPROTO_TCP {
-                CT_TCP_TIMEOUT_NS
-            } else {
-                CT_OTHER_TIMEOUT_NS
-            };
-            if idle > timeout {
+            if scanner::is_idle(now, &key, &bytes::ct_value_from(&raw_value)) {
                 report.expired += 1;
                 doomed.push(raw_key);
             } else if recheck && !is_exempt(&key, exempt) && self.flow_now_denied(&key) {
@@ -362,21 +353,17 @@ impl Datapath {
                 doomed.push(raw_key);
             }
         }
-        for raw_key in doomed {
-            match self.loaded.maps.ct.remove(&raw_key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(aya::maps::MapError::SyscallError(e))
-                    if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(LoaderError::Map {
-                        name: super::abi::DP_MAP_CT,
-                        error: Box::new(e),
-                    }
-                    .into());
-                }
-            }
-        }
+        scanner::remove_entries(&mut self.loaded.maps.ct, doomed)?;
         Ok(report)
+    }
+
+    /// A thread scanning this datapath's conntrack map on its own handle (see
+    /// `datapath::scanner`).
+    pub fn conntrack_scanner(
+        &self,
+        deliver: scanner::DeliverFlows,
+    ) -> Result<scanner::ConntrackScanner, DatapathError> {
+        scanner::ConntrackScanner::start(&self.config.pin_dir, deliver)
     }
 
     /// Whether the policy now in the maps denies the flow of a conntrack entry, from the

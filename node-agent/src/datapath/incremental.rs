@@ -8,20 +8,13 @@
 //! deletes, so a flow is never judged against a policy entry whose identity is missing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::abi::{
-    DP_CT_F_CLOSING, DP_DIR_EGRESS, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
-};
-use super::controller::{
-    CT_CLOSING_TIMEOUT_NS, CT_OTHER_TIMEOUT_NS, CT_TCP_TIMEOUT_NS, IPPROTO_TCP, ct_addr,
-    monotonic_ns,
-};
+use super::abi::{IpcacheKey, IpcacheValue, PolicyKey, PolicyValue};
 use super::entries::{self, ProxyPorts};
-use super::{Datapath, DatapathError, bytes};
+use super::{Datapath, DatapathError};
 use crate::compiler::{Changes, Compiler, EndpointKey, EndpointPolicy};
 
 /// What one incremental programming did.
@@ -173,37 +166,13 @@ impl Datapath {
     }
 
     /// (source, destination) of every egress conntrack entry that has not idled out: the
-    /// connections endpoints have open, for FQDN expiry (SEMANTICS 6.4). One map scan.
-    pub fn egress_flows(&self) -> BTreeSet<(IpAddr, IpAddr)> {
-        let now = monotonic_ns();
-        let mut out = BTreeSet::new();
-        for entry in self.loaded.maps.ct.iter() {
-            let Ok((raw_key, raw_value)) = entry else {
-                continue;
-            };
-            let key = bytes::ct_key_from(&raw_key);
-            if key.direction != DP_DIR_EGRESS {
-                continue;
-            }
-            let value = bytes::ct_value_from(&raw_value);
-            let timeout = if value.flags & DP_CT_F_CLOSING != 0 {
-                CT_CLOSING_TIMEOUT_NS
-            } else if key.protocol == IPPROTO_TCP {
-                CT_TCP_TIMEOUT_NS
-            } else {
-                CT_OTHER_TIMEOUT_NS
-            };
-            if now.saturating_sub(value.last_seen_ns) > timeout {
-                continue;
-            }
-            if let (Some(s), Some(d)) = (
-                ct_addr(key.family, &key.saddr),
-                ct_addr(key.family, &key.daddr),
-            ) {
-                out.insert((s, d));
-            }
-        }
-        out
+    /// connections endpoints have open, for FQDN expiry (SEMANTICS 6.4); idle entries are
+    /// removed on the way. One map scan, on the caller's thread (the agent normally runs
+    /// it on the scanner's, see `datapath::scanner`).
+    pub fn expire_idle_and_collect_flows(
+        &mut self,
+    ) -> Result<super::scanner::EgressFlows, DatapathError> {
+        super::scanner::expire_idle_and_collect(&mut self.loaded.maps.ct).map(|(_, flows)| flows)
     }
 }
 

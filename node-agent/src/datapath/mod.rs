@@ -16,6 +16,7 @@ pub mod controller;
 pub mod entries;
 mod incremental;
 pub mod loader;
+pub mod scanner;
 pub mod system;
 
 pub use controller::{Datapath, DatapathConfig, DatapathError, ReconcileReport};

@@ -485,3 +485,49 @@ fn the_change_log_lists_every_changed_resource() {
     }
     assert!(before.types[IDENTITY_TYPE].resources.len() >= first_identities + 40);
 }
+
+// Expiry withdraws a bounded chunk per pass, so DNS answers queued on the loop wait for
+// one chunk, not for a whole second's worth of expiring names; the passes together
+// withdraw everything due, and an IP in use stays as a zombie whichever pass it falls in.
+#[test]
+fn expiry_runs_in_bounded_chunks_until_done() {
+    let (mut p, snapshots) = pipeline(FqdnSettings::default());
+    load(&mut p);
+    let count = 3 * EXPIRY_CHUNK - 10;
+    let ips: Vec<String> = (0..count)
+        .map(|n| format!("192.0.{}.{}", 2 + n / 250, 1 + n % 250))
+        .collect();
+    for ip in &ips {
+        observe(
+            &mut p,
+            vec![observation("prod/client", "api.example.com.", &[ip])],
+        );
+    }
+    let identities = |s: &Snapshot| s.types[IDENTITY_TYPE].resources.len();
+    let learned = identities(&snapshots.borrow());
+    // One IP is still used by a connection of the client.
+    let in_use: EgressFlows = [(
+        "10.0.1.2".parse().expect("ip"),
+        ips[count / 2].parse().expect("ip"),
+    )]
+    .into();
+    let later = Instant::now() + Duration::from_secs(3600);
+    let mut passes = 0;
+    while p.expire_and_program(later, &in_use) {
+        passes += 1;
+        let withdrawn = learned - identities(&snapshots.borrow());
+        assert!(
+            withdrawn <= passes * EXPIRY_CHUNK,
+            "pass {passes}: {withdrawn}"
+        );
+        assert!(passes < 10, "expiry never finishes");
+    }
+    assert_eq!(passes, 2, "three passes in all");
+    assert_eq!(learned - identities(&snapshots.borrow()), count - 1);
+    let list = p
+        .fqdn_cache_list(&proto::FqdnCacheRequest::default())
+        .expect("listed");
+    assert_eq!(list.entries.len(), 1);
+    assert_eq!(list.entries[0].ip, ips[count / 2]);
+    assert!(list.entries[0].in_use);
+}

@@ -155,7 +155,7 @@ impl PolicyPipeline {
             self.observe_fqdn(observations);
         }
         if let Some(flows) = flows {
-            self.finish_fqdn_expiry(&flows);
+            self.finish_fqdn_expiry(flows);
         }
         for CacheRequest { request, reply } in listings {
             let _ = reply.send(self.fqdn_cache_list(&request));
@@ -415,7 +415,12 @@ pub async fn run_with_fqdn(
         let mut ticks = 0u64;
         let mut next_tick = Instant::now() + DATAPATH_REFRESH;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            // An expiry in progress goes on as soon as the queued events are handled.
+            let wait = if pipeline.fqdn_expiry_in_progress() {
+                std::time::Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             match loop_rx.recv_timeout(wait) {
                 Ok(first) => {
                     let mut batch = vec![first];
@@ -427,6 +432,7 @@ pub async fn run_with_fqdn(
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
+            pipeline.continue_fqdn_expiry();
             if Instant::now() >= next_tick {
                 pipeline.tick();
                 ticks += 1;

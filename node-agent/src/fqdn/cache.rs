@@ -310,6 +310,11 @@ impl FqdnCache {
         self.by_expiry.first().map(|k| k.expires)
     }
 
+    /// The expiry of the entry at `rank` in expiry order (0: the earliest).
+    pub fn expiry_at_rank(&self, rank: usize) -> Option<Instant> {
+        self.by_expiry.iter().nth(rank).map(|k| k.expires)
+    }
+
     /// The entries whose expiry is before `before`, earliest first: after an
     /// [`FqdnCache::expire`] with the same time, the ones kept for live connections.
     pub fn expired_before(

@@ -55,6 +55,34 @@ fn load(pipeline: &mut PolicyPipeline) {
     pipeline.apply(events);
 }
 
+/// Applies a changed version of the objects, as the source would after an edit.
+fn apply_yaml(pipeline: &mut PolicyPipeline, text: &str) {
+    let parsed = parse_str("objects.yaml", text);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    pipeline.apply(
+        parsed
+            .objects
+            .into_iter()
+            .map(SourceEvent::Applied)
+            .collect(),
+    );
+}
+
+/// The client's answer for api.example.com with `ip`; returns the identity `ip` got.
+fn learn(
+    pipeline: &mut PolicyPipeline,
+    snapshots: &watch::Receiver<Arc<Snapshot>>,
+    ip: &str,
+) -> u32 {
+    observe(
+        pipeline,
+        vec![observation("prod/client", "api.example.com.", &[ip])],
+    );
+    identity_with(&snapshots.borrow(), &format!("{ip}/32"))
+        .expect("identity")
+        .id
+}
+
 fn observation(endpoint: &str, name: &str, ips: &[&str]) -> proto::FqdnObservation {
     proto::FqdnObservation {
         endpoint: endpoint.into(),
@@ -362,15 +390,7 @@ fn network_policies_say_which_endpoints_report_answers() {
         "  - toFQDNs: [{matchName: api.example.com}]",
         "  - toCIDR: [192.0.2.0/24]",
     );
-    let parsed = parse_str("objects.yaml", &without);
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    p.apply(
-        parsed
-            .objects
-            .into_iter()
-            .map(SourceEvent::Applied)
-            .collect(),
-    );
+    apply_yaml(&mut p, &without);
     assert!(!egress_fqdn(&snapshots.borrow()));
 }
 
@@ -384,18 +404,8 @@ fn learned_ips_reach_proxies_only_where_a_redirect_shares_the_ports() {
     load(&mut p);
     let policy_version = |s: &Snapshot| s.types[NETWORK_POLICY_TYPE].version;
     let before = policy_version(&snapshots.borrow());
-    observe(
-        &mut p,
-        vec![observation(
-            "prod/client",
-            "api.example.com.",
-            &["192.0.2.1"],
-        )],
-    );
+    let id = learn(&mut p, &snapshots, "192.0.2.1");
     let snapshot = snapshots.borrow().clone();
-    let id = identity_with(&snapshot, "192.0.2.1/32")
-        .expect("identity")
-        .id;
     assert!(compiled_egress_identities(&p, "prod/client").contains(&id));
     assert_eq!(policy_version(&snapshot), before, "no NetworkPolicy push");
     assert!(egress_identities(&snapshot, "prod/client").is_empty());
@@ -412,29 +422,11 @@ spec:
   - toEntities: [world]
     toPorts: [{ports: [{port: "443", protocol: TCP}], rules: {http: [{method: GET}]}}]
 "#;
-    let parsed = parse_str("objects.yaml", &with_l7);
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    p.apply(
-        parsed
-            .objects
-            .into_iter()
-            .map(SourceEvent::Applied)
-            .collect(),
-    );
+    apply_yaml(&mut p, &with_l7);
     assert!(egress_identities(&snapshots.borrow(), "prod/client").contains(&id));
     let before = policy_version(&snapshots.borrow());
-    observe(
-        &mut p,
-        vec![observation(
-            "prod/client",
-            "api.example.com.",
-            &["192.0.2.7"],
-        )],
-    );
+    let second = learn(&mut p, &snapshots, "192.0.2.7");
     let snapshot = snapshots.borrow().clone();
-    let second = identity_with(&snapshot, "192.0.2.7/32")
-        .expect("identity")
-        .id;
     assert!(policy_version(&snapshot) > before);
     assert!(egress_identities(&snapshot, "prod/client").contains(&second));
 }

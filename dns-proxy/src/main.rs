@@ -152,35 +152,10 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let config = config(args)?;
-    let threads = match args.threads {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
-        n => n,
-    };
-    // One worker needs no work stealing: the current-thread scheduler is cheaper per query.
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(threads);
-        builder
-    };
-    let runtime = builder
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = xds::proxy::runtime(args.threads).context("starting the runtime")?;
     runtime.block_on(async {
-        // Installed before serving: a handler registered on the shutdown future's first
-        // poll would leave a window in which SIGTERM still kills the process outright.
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-        let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-        app::run(config, async move {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = term.recv() => {}
-            }
-        })
-        .await?;
+        let shutdown = xds::proxy::shutdown_signal().context("listening for SIGTERM and SIGINT")?;
+        app::run(config, shutdown).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(())

@@ -11,6 +11,7 @@
 pub mod client;
 mod error;
 pub mod identity;
+pub mod proxy;
 pub mod server;
 
 pub use error::XdsError;

@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use xds::proxy::StreamMetrics;
 
 use crate::message::QueryError;
 
@@ -20,11 +21,6 @@ struct OutcomeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TypeLabels {
-    r#type: &'static str,
 }
 
 /// What happened to one query.
@@ -63,8 +59,8 @@ pub struct Metrics {
     queries: Family<OutcomeLabels, Counter>,
     malformed: Family<KindLabels, Counter>,
     upstream_errors: Family<KindLabels, Counter>,
-    policy_version: Family<TypeLabels, Gauge<i64, AtomicI64>>,
-    flow_records_dropped: Gauge<i64, AtomicI64>,
+    /// Policy versions held and flow records dropped, set at each scrape.
+    pub stream: StreamMetrics,
     pub shed: Counter,
     pub truncated: Counter,
     pub fqdn_hold_seconds: Histogram,
@@ -159,25 +155,13 @@ impl Metrics {
             "Client TCP connections open now",
             tcp_connections.clone(),
         );
-        let policy_version = Family::<TypeLabels, Gauge<i64, AtomicI64>>::default();
-        registry.register(
-            "policy_version",
-            "Version of the last good policy per resource type (0: none yet)",
-            policy_version.clone(),
-        );
-        let flow_records_dropped = Gauge::<i64, AtomicI64>::default();
-        registry.register(
-            "flow_records_dropped",
-            "Flow records dropped because the queue to the agent was full",
-            flow_records_dropped.clone(),
-        );
+        let stream = StreamMetrics::register(&mut registry);
         Self {
             registry,
             queries,
             malformed,
             upstream_errors,
-            policy_version,
-            flow_records_dropped,
+            stream,
             shed,
             truncated,
             fqdn_hold_seconds,
@@ -215,20 +199,6 @@ impl Metrics {
         self.upstream_errors
             .get_or_create(&KindLabels { kind })
             .inc();
-    }
-
-    /// Sets the values read at scrape time: policy versions and flow drops.
-    pub fn observe(&self, network_policy: i64, identity: i64, flows_dropped: u64) {
-        self.policy_version
-            .get_or_create(&TypeLabels {
-                r#type: "NetworkPolicy",
-            })
-            .set(network_policy);
-        self.policy_version
-            .get_or_create(&TypeLabels { r#type: "Identity" })
-            .set(identity);
-        self.flow_records_dropped
-            .set(i64::try_from(flows_dropped).unwrap_or(i64::MAX));
     }
 
     /// The registry in the Prometheus text format.

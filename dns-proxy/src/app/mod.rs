@@ -22,9 +22,8 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use xds::client::{ClientBuilder, ClientHandle, Endpoint, FlowReporter};
-use xds::identity::IdentityHandler;
-use xds::{AgentClient, proto};
+use xds::AgentClient;
+use xds::client::{ClientHandle, Endpoint};
 
 use crate::message::DenyRcode;
 use fqdn::FqdnHold;
@@ -135,23 +134,17 @@ pub async fn run(
 /// Binds every listener and starts serving on the current runtime.
 pub async fn start(config: Config) -> Result<Running, AppError> {
     let metrics = Arc::new(Metrics::new());
-    let mut client = ClientBuilder::new(
-        config.agent.clone(),
-        proto::ClientInfo {
-            id: config.client_id.clone(),
-            kind: "dns-proxy".into(),
-            ..Default::default()
-        },
-    )
-    .backoff(Duration::from_millis(100), Duration::from_secs(5));
-    let policies = client.subscribe(DnsPolicyHandler::default());
-    let identities = client.subscribe(IdentityHandler);
-    let client = client.start();
-    let flows = Arc::new(FlowReporter::start(
-        config.agent.clone(),
+    let xds::proxy::ProxyStream {
+        client,
+        policies,
+        identities,
+        flows,
+    } = xds::proxy::connect(
+        &config.agent,
         &config.client_id,
-        10_000,
-    ));
+        "dns-proxy",
+        DnsPolicyHandler::default(),
+    );
     let agent = match AgentClient::new(config.agent.clone()) {
         Ok(agent) => Some(agent),
         Err(error) => {
@@ -251,14 +244,14 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         })?;
     let admin_addr = admin.local_addr().unwrap_or(config.admin);
     tracing::info!(addr = %admin_addr, "admin listening (/metrics, /ready)");
-    tasks.spawn(admin::serve(
+    tasks.spawn(xds::proxy::serve_admin(
         admin,
-        admin::AdminState {
+        Arc::new(admin::AdminState {
             metrics: metrics.clone(),
             flows,
             policies,
             identities,
-        },
+        }),
     ));
     Ok(Running {
         udp: udp_addrs,

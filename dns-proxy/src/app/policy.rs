@@ -258,19 +258,8 @@ impl Compiler<'_> {
             Ok(proto::Protocol::Sctp) => return Ok(None),
             Err(_) => return Err(format!("unknown protocol {}", entry.protocol)),
         };
-        let port =
-            u16::try_from(entry.port).map_err(|_| format!("port {} out of range", entry.port))?;
-        let end_port = u16::try_from(entry.end_port)
-            .map_err(|_| format!("end_port {} out of range", entry.end_port))?;
-        let end_port = match (port, end_port) {
-            (0, _) => 0,
-            (p, 0) => p,
-            (p, e) if e < p => return Err(format!("end_port {e} below port {p}")),
-            (_, e) => e,
-        };
-        let mut remote_identities = entry.remote_identities.clone();
-        remote_identities.sort_unstable();
-        remote_identities.dedup();
+        let (port, end_port) = entry.port_range()?;
+        let remote_identities = entry.sorted_remote_identities();
         let rule_sets = entry
             .dns_rule_sets
             .iter()

@@ -1,21 +1,14 @@
-//! The admin listener: `/metrics` (Prometheus text), `/ready` (200 once the first policy and
-//! identity map arrived, else 503 saying what is pending), `/config` (the running config).
+//! The admin listener's pages (`xds::proxy::serve_admin`): `/metrics` (Prometheus text),
+//! `/ready` (200 once the first policy and identity map arrived, else 503 saying what is
+//! pending), `/config` (the running config).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use xds::client::{FlowReporter, StateWatch};
 
 use super::metrics::Metrics;
 use crate::policy::{EndpointPolicies, IdentityMap};
 
-#[derive(Clone)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub flows: Arc<FlowReporter>,
@@ -24,62 +17,19 @@ pub struct AdminState {
     pub config: String,
 }
 
-pub async fn serve(listener: TcpListener, state: AdminState) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, request.uri().path())) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+impl xds::proxy::AdminPages for AdminState {
+    fn metrics(&self) -> String {
+        self.metrics
+            .stream
+            .observe(&self.policies, &self.identities, &self.flows);
+        self.metrics.encode()
     }
-}
 
-fn answer(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
-    let (status, body) = match path {
-        "/metrics" => {
-            let version = |v: Option<&str>| v.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-            state.metrics.observe(
-                version(state.policies.borrow().as_ref().map(|s| s.version.as_str())),
-                version(
-                    state
-                        .identities
-                        .borrow()
-                        .as_ref()
-                        .map(|s| s.version.as_str()),
-                ),
-                state.flows.dropped(),
-            );
-            (StatusCode::OK, state.metrics.encode())
-        }
-        "/ready" => {
-            let mut pending = Vec::new();
-            if state.policies.borrow().is_none() {
-                pending.push("network policy");
-            }
-            if state.identities.borrow().is_none() {
-                pending.push("identity map");
-            }
-            if pending.is_empty() {
-                (StatusCode::OK, "ready\n".to_owned())
-            } else {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("waiting for: {}\n", pending.join(", ")),
-                )
-            }
-        }
-        "/config" => (StatusCode::OK, format!("{}\n", state.config)),
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
+    fn pending(&self) -> Vec<&'static str> {
+        xds::proxy::pending(&self.policies, &self.identities)
+    }
+
+    fn page(&self, path: &str) -> Option<String> {
+        (path == "/config").then(|| format!("{}\n", self.config))
+    }
 }

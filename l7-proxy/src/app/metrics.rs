@@ -7,6 +7,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use xds::proxy::StreamMetrics;
 
 use crate::proxy::Direction;
 
@@ -28,19 +29,14 @@ struct PolicyCloseLabels {
     when: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TypeLabels {
-    r#type: &'static str,
-}
-
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     upstream_errors: Family<FailureLabels, Counter>,
     connections_closed_by_policy: Family<PolicyCloseLabels, Counter>,
-    policy_version: Family<TypeLabels, Gauge<i64, AtomicI64>>,
-    flow_records_dropped: Gauge<i64, AtomicI64>,
+    /// Policy versions held and flow records dropped, set at each scrape.
+    pub stream: StreamMetrics,
     pub active_connections: Gauge<i64, AtomicI64>,
     pub connections: Counter,
 }
@@ -84,25 +80,13 @@ impl Metrics {
             "Connections closed because L3/L4 policy does not allow them (when: accept, update)",
             connections_closed_by_policy.clone(),
         );
-        let policy_version = Family::<TypeLabels, Gauge<i64, AtomicI64>>::default();
-        registry.register(
-            "policy_version",
-            "Version of the last good policy per resource type (0: none yet)",
-            policy_version.clone(),
-        );
-        let flow_records_dropped = Gauge::<i64, AtomicI64>::default();
-        registry.register(
-            "flow_records_dropped",
-            "Flow records dropped because the queue to the agent was full",
-            flow_records_dropped.clone(),
-        );
+        let stream = StreamMetrics::register(&mut registry);
         Self {
             registry,
             requests,
             upstream_errors,
             connections_closed_by_policy,
-            policy_version,
-            flow_records_dropped,
+            stream,
             active_connections,
             connections,
         }
@@ -130,20 +114,6 @@ impl Metrics {
                 when,
             })
             .inc();
-    }
-
-    /// Sets the values read at scrape time: policy versions and flow drops.
-    pub fn observe(&self, network_policy: i64, identity: i64, flows_dropped: u64) {
-        self.policy_version
-            .get_or_create(&TypeLabels {
-                r#type: "NetworkPolicy",
-            })
-            .set(network_policy);
-        self.policy_version
-            .get_or_create(&TypeLabels { r#type: "Identity" })
-            .set(identity);
-        self.flow_records_dropped
-            .set(i64::try_from(flows_dropped).unwrap_or(i64::MAX));
     }
 
     /// The registry in the Prometheus text format.

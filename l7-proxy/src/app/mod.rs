@@ -9,13 +9,11 @@ pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use xds::client::{ClientBuilder, Endpoint, FlowReporter};
-use xds::proto;
+use xds::client::Endpoint;
 
 use crate::listener::{self, ListenerConfig, ListenerError, ListenerMode};
-use crate::policy::{IdentityHandler, PolicyHandler};
+use crate::policy::PolicyHandler;
 use crate::proxy::upstream::{Upstream, UpstreamConfig};
 use crate::proxy::{
     ConnInfo, Direction, RequestAuthorizer, ServerLimits, Upstreams, serve_connection,
@@ -58,23 +56,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
-    let mut client = ClientBuilder::new(
-        config.agent.clone(),
-        proto::ClientInfo {
-            id: config.client_id.clone(),
-            kind: "l7-proxy".into(),
-            ..Default::default()
-        },
-    )
-    .backoff(Duration::from_millis(100), Duration::from_secs(5));
-    let policies = client.subscribe(PolicyHandler::new());
-    let identities = client.subscribe(IdentityHandler);
-    let client = client.start();
-    let flows = Arc::new(FlowReporter::start(
-        config.agent.clone(),
+    let xds::proxy::ProxyStream {
+        client,
+        policies,
+        identities,
+        flows,
+    } = xds::proxy::connect(
+        &config.agent,
         &config.client_id,
-        10_000,
-    ));
+        "l7-proxy",
+        PolicyHandler::new(),
+    );
     let authorizer: Arc<dyn RequestAuthorizer> = Arc::new(XdsAuthorizer {
         policies: policies.clone(),
         identities: identities.clone(),
@@ -138,15 +130,15 @@ pub async fn run(
             source,
         })?;
     tracing::info!(addr = %config.admin, "admin listening (/metrics, /ready, /config)");
-    tasks.spawn(admin::serve(
+    tasks.spawn(xds::proxy::serve_admin(
         admin,
-        admin::AdminState {
+        Arc::new(admin::AdminState {
             metrics,
             flows,
             policies,
             identities,
             config: format!("{config:#?}"),
-        },
+        }),
     ));
     shutdown.await;
     tracing::info!("shutting down");

@@ -180,21 +180,8 @@ impl Compiler<'_> {
             Ok(proto::L7Parser::Dns) => Some(L7Parser::Dns),
             Err(_) => return Err(format!("unknown L7 parser {}", entry.parser)),
         };
-        let port =
-            u16::try_from(entry.port).map_err(|_| format!("port {} out of range", entry.port))?;
-        let end_port = u16::try_from(entry.end_port)
-            .map_err(|_| format!("end_port {} out of range", entry.end_port))?;
-        let end_port = match (port, end_port) {
-            // Every port: the range is meaningless.
-            (0, _) => 0,
-            // Unset (proto3 default): a single port.
-            (p, 0) => p,
-            (p, e) if e < p => return Err(format!("end_port {e} below port {p}")),
-            (_, e) => e,
-        };
-        let mut remote_identities = entry.remote_identities.clone();
-        remote_identities.sort_unstable();
-        remote_identities.dedup();
+        let (port, end_port) = entry.port_range()?;
+        let remote_identities = entry.sorted_remote_identities();
 
         let l7 = match (action, parser) {
             // SEMANTICS 2.3: denies carry L3/L4 only; any L7 fields are irrelevant.

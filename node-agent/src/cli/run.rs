@@ -122,18 +122,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async {
-        // The handlers are installed here, before the agent starts serving: a future that
-        // registered them on first poll would leave a window, after the first publish,
-        // where SIGTERM still has its default action and kills the agent mid-write.
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-        let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = term.recv() => {}
-            }
-        };
+        // Before the agent serves anything (see `shutdown_signal`).
+        let shutdown = xds::proxy::shutdown_signal().context("listening for SIGTERM and SIGINT")?;
         agent::run_with_fqdn(config, fqdn, shutdown).await?;
         Ok::<_, anyhow::Error>(())
     })?;

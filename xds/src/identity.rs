@@ -275,12 +275,9 @@ impl crate::TypeHandler for IdentityHandler {
         let mut identities = Vec::with_capacity(resources.len());
         let mut errors = Vec::new();
         for (name, resource) in resources {
-            match &resource.body {
-                Some(proto::resource::Body::Identity(identity)) => {
-                    identities.push((name.as_str(), identity));
-                }
-                Some(_) => errors.push((name.clone(), "resource is not an Identity".to_owned())),
-                None => errors.push((name.clone(), "resource has no body".to_owned())),
+            match resource.identity() {
+                Ok(identity) => identities.push((name.as_str(), identity)),
+                Err(reason) => errors.push((name.clone(), reason)),
             }
         }
         match IdentityMap::from_identities(identities) {
@@ -303,9 +300,7 @@ impl crate::TypeHandler for IdentityHandler {
         // All old contents go first: within one response an identity number or a prefix
         // may move from one changed resource to another.
         for change in changes {
-            if let Some(proto::resource::Body::Identity(identity)) =
-                change.before.and_then(|r| r.body.as_ref())
-            {
+            if let Some(Ok(identity)) = change.before.map(proto::Resource::identity) {
                 map.remove(identity);
             }
         }
@@ -313,10 +308,9 @@ impl crate::TypeHandler for IdentityHandler {
         // those against the rest finds every conflict a full build would.
         let valid = changes.iter().all(|change| match change.after {
             None => true,
-            Some(resource) => match &resource.body {
-                Some(proto::resource::Body::Identity(identity)) => map.insert(identity).is_ok(),
-                _ => false,
-            },
+            Some(resource) => resource
+                .identity()
+                .is_ok_and(|identity| map.insert(identity).is_ok()),
         });
         if valid {
             Some(Ok(map))

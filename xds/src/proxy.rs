@@ -60,6 +60,26 @@ pub fn connect<H: TypeHandler>(
     }
 }
 
+impl proto::Resource {
+    /// The body as a `NetworkPolicy`; the error says what it is instead.
+    pub fn network_policy(&self) -> Result<&proto::NetworkPolicy, String> {
+        match &self.body {
+            Some(proto::resource::Body::NetworkPolicy(policy)) => Ok(policy),
+            Some(_) => Err("resource is not a NetworkPolicy".to_owned()),
+            None => Err("resource has no body".to_owned()),
+        }
+    }
+
+    /// The body as an `Identity`; the error says what it is instead.
+    pub fn identity(&self) -> Result<&proto::Identity, String> {
+        match &self.body {
+            Some(proto::resource::Body::Identity(identity)) => Ok(identity),
+            Some(_) => Err("resource is not an Identity".to_owned()),
+            None => Err("resource has no body".to_owned()),
+        }
+    }
+}
+
 impl proto::PortPolicy {
     /// `(port, end_port)`: `(0, 0)` for every port, `end_port == port` for a single one
     /// (proto3 leaves an unset `end_port` at 0). Errors name the bad field.
@@ -139,6 +159,15 @@ impl StreamMetrics {
         self.flow_records_dropped
             .set(i64::try_from(flows.dropped()).unwrap_or(i64::MAX));
     }
+}
+
+/// `registry` in the Prometheus text format (empty if a metric failed to encode).
+pub fn encode_metrics(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
 }
 
 /// What a waiting proxy still lacks for `/ready`: empty once both types arrived.

@@ -203,10 +203,6 @@ impl Metrics {
 
     /// The registry in the Prometheus text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        xds::proxy::encode_metrics(&self.registry)
     }
 }

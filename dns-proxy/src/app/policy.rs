@@ -167,14 +167,10 @@ impl Compiler<'_> {
         let mut by_ip = HashMap::new();
         let mut conflicts = HashMap::new();
         for (name, resource) in resources {
-            let policy = match &resource.body {
-                Some(proto::resource::Body::NetworkPolicy(policy)) => policy,
-                Some(_) => {
-                    errors.push((name.clone(), "resource is not a NetworkPolicy".to_owned()));
-                    continue;
-                }
-                None => {
-                    errors.push((name.clone(), "resource has no body".to_owned()));
+            let policy = match resource.network_policy() {
+                Ok(policy) => policy,
+                Err(reason) => {
+                    errors.push((name.clone(), reason));
                     continue;
                 }
             };

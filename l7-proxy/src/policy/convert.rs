@@ -65,14 +65,10 @@ impl PolicyHandler {
         let mut endpoints = Vec::with_capacity(resources.len());
         let mut errors = Vec::new();
         for (name, resource) in resources {
-            let policy = match &resource.body {
-                Some(proto::resource::Body::NetworkPolicy(policy)) => policy,
-                Some(_) => {
-                    errors.push((name.clone(), "resource is not a NetworkPolicy".to_owned()));
-                    continue;
-                }
-                None => {
-                    errors.push((name.clone(), "resource has no body".to_owned()));
+            let policy = match resource.network_policy() {
+                Ok(policy) => policy,
+                Err(reason) => {
+                    errors.push((name.clone(), reason));
                     continue;
                 }
             };

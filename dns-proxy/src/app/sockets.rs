@@ -75,6 +75,27 @@ impl Builder {
         }
     }
 
+    /// A listening socket before its kind's own options: IPv6-only for IPv6 (the IPv4
+    /// listener is separate), address reuse, and `IP_TRANSPARENT` when asked.
+    fn listener(
+        &self,
+        ty: Type,
+        protocol: Protocol,
+        transparent: bool,
+    ) -> Result<Socket, SocketError> {
+        let socket = self.socket(ty, protocol)?;
+        if self.addr.is_ipv6() {
+            socket.set_only_v6(true).map_err(self.fail("IPV6_V6ONLY"))?;
+        }
+        socket
+            .set_reuse_address(true)
+            .map_err(self.fail("SO_REUSEADDR"))?;
+        if transparent {
+            self.transparent(&socket, self.addr)?;
+        }
+        Ok(socket)
+    }
+
     fn mark(&self, socket: &Socket, mark: Option<u32>) -> Result<(), SocketError> {
         match mark {
             Some(mark) if mark != 0 => socket.set_mark(mark).map_err(self.fail("SO_MARK")),
@@ -100,15 +121,8 @@ pub fn udp_listener(addr: SocketAddr, transparent: bool) -> Result<UdpSocket, So
         purpose: "UDP listener",
         addr,
     };
-    let socket = b.socket(Type::DGRAM, Protocol::UDP)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true).map_err(b.fail("IPV6_V6ONLY"))?;
-    }
-    socket
-        .set_reuse_address(true)
-        .map_err(b.fail("SO_REUSEADDR"))?;
+    let socket = b.listener(Type::DGRAM, Protocol::UDP, transparent)?;
     if transparent {
-        b.transparent(&socket, addr)?;
         let set = match addr {
             SocketAddr::V4(_) => setsockopt(&socket, sockopt::Ipv4OrigDstAddr, &true),
             SocketAddr::V6(_) => setsockopt(&socket, sockopt::Ipv6OrigDstAddr, &true),
@@ -129,16 +143,7 @@ pub fn tcp_listener(addr: SocketAddr, transparent: bool) -> Result<TcpListener, 
         purpose: "TCP listener",
         addr,
     };
-    let socket = b.socket(Type::STREAM, Protocol::TCP)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true).map_err(b.fail("IPV6_V6ONLY"))?;
-    }
-    socket
-        .set_reuse_address(true)
-        .map_err(b.fail("SO_REUSEADDR"))?;
-    if transparent {
-        b.transparent(&socket, addr)?;
-    }
+    let socket = b.listener(Type::STREAM, Protocol::TCP, transparent)?;
     socket.set_nonblocking(true).map_err(b.fail("O_NONBLOCK"))?;
     socket.bind(&addr.into()).map_err(b.fail("bind"))?;
     socket.listen(LISTEN_BACKLOG).map_err(b.fail("listen"))?;
